@@ -1,0 +1,51 @@
+"""`fewbits <verb>`: a thin command-line layer over the library.
+
+Each verb lives in its own module that defines ``add_arguments(parser)`` and ``run(args) -> int``;
+it is imported only when used, so ``fewbits --help`` stays fast. Errors a user can cause print one
+line and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from fewbits.errors import FewbitsError
+
+# verb -> (module, one-line help). Add a verb by adding a line here and a module beside it.
+VERBS: dict[str, tuple[str, str]] = {
+    "demo": ("fewbits.commands.demo", "quantize the offline default model with every scheme and print the table"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the parser with one sub-parser per verb."""
+    parser = argparse.ArgumentParser(prog="fewbits", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for verb, (module_name, help_text) in VERBS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(verb, help=help_text, description=(module.__doc__ or help_text).strip())
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fewbits`` console command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return int(args._module.run(args) or 0)
+    except (FewbitsError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+        print(f"fewbits {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fewbits {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
