@@ -91,3 +91,33 @@ class Task:
     def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         """The task's official metrics for ``predictions`` against ``labels``."""
         return self.metric_fn(np.asarray(predictions), np.asarray(labels))
+
+
+class ArraySplit(Sequence):
+    """A split stored as two arrays (inputs, labels), handing out examples one at a time.
+
+    Holding CIFAR's 50,000 images as one (N, H, W, C) uint8 array costs no more than the file;
+    ``split[i]`` builds the :class:`ImageExample` (or :class:`SignalExample`) on demand, and
+    ``split[a:b]`` is another ArraySplit over views of the same arrays.
+    """
+
+    def __init__(self, inputs: np.ndarray, labels: np.ndarray | None, example_type: type[_Example]) -> None:
+        if labels is not None and len(labels) != len(inputs):
+            raise ValueError(f"inputs ({len(inputs)}) and labels ({len(labels)}) differ in length")
+        self.inputs = inputs
+        self.labels = labels
+        self.example_type = example_type
+        self._field = "image" if example_type is ImageExample else "signal"
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            labels = None if self.labels is None else self.labels[index]
+            return ArraySplit(self.inputs[index], labels, self.example_type)
+        label = None if self.labels is None else int(self.labels[index])
+        return self.example_type(**{self._field: self.inputs[index], "label": label})
+
+    def __repr__(self) -> str:
+        return f"ArraySplit({self.example_type.__name__}, n={len(self)}, shape={self.inputs.shape[1:]})"
