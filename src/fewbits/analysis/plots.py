@@ -1,0 +1,113 @@
+"""PNG plots of surfaces and curvature, each with its data saved beside it so it can be redrawn.
+
+``plot_surface`` writes ``NAME.png`` and ``NAME.npz`` (reload with :meth:`Surface2D.load`);
+``plot_slices`` and ``plot_trace_vs_temperature`` write ``NAME.png`` and ``NAME.json``. Redrawing is
+calling the same function on the loaded data. Figures are drawn with ``matplotlib.figure.Figure``
+(no pyplot, so no display is needed and the caller's matplotlib backend is left alone).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from fewbits.analysis.surface import Surface1D, Surface2D
+from fewbits.errors import bad_param
+
+
+def _png(path: str | Path) -> Path:
+    path = Path(path)
+    if path.suffix != ".png":
+        raise bad_param("path", "a file name ending in .png", str(path), "plots")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def plot_surface(surface: Surface2D, path: str | Path, *, title: str = "", max_loss: float | None = None) -> Path:
+    """Contour map and 3-D view of ``surface.loss`` side by side; the grid goes to ``path`` with ``.npz``.
+
+    ``max_loss`` clips the drawn values (not the saved data), so a few huge losses at the edge do
+    not flatten the picture.
+    """
+    path = _png(path)
+    surface.save(path.with_suffix(".npz"))
+    a, b = np.meshgrid(surface.alphas, surface.betas, indexing="ij")
+    z = surface.loss if max_loss is None else np.minimum(surface.loss, max_loss)
+    fig = Figure(figsize=(11, 4.6))
+    ax = fig.add_subplot(1, 2, 1)
+    cs = ax.contour(a, b, z, levels=20, cmap="viridis")
+    ax.clabel(cs, inline=True, fontsize=7)
+    ax.plot([0], [0], "k+")
+    ax.set_xlabel("alpha (x direction)")
+    ax.set_ylabel("beta (y direction)")
+    ax.set_title("loss contours")
+    ax3 = fig.add_subplot(1, 2, 2, projection="3d")
+    ax3.plot_surface(a, b, z, cmap="viridis", linewidth=0, antialiased=True)
+    ax3.set_xlabel("alpha")
+    ax3.set_ylabel("beta")
+    ax3.set_zlabel("loss")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_slices(slices: Mapping[str, Surface1D], path: str | Path, *, title: str = "") -> Path:
+    """1-D loss (and accuracy, dashed, right axis) curves, one per labelled slice; data to ``.json``."""
+    path = _png(path)
+    path.with_suffix(".json").write_text(json.dumps({k: s.to_dict() for k, s in slices.items()}, indent=1))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    acc_ax = None
+    for label, s in slices.items():
+        line, = ax.plot(s.alphas, s.loss, label=f"{label} loss")
+        if s.accuracy is not None:
+            acc_ax = acc_ax or ax.twinx()
+            acc_ax.plot(s.alphas, s.accuracy, "--", color=line.get_color(), label=f"{label} accuracy")
+    ax.set_xlabel("step along the direction")
+    ax.set_ylabel("loss")
+    if acc_ax is not None:
+        acc_ax.set_ylabel("accuracy")
+    ax.legend(loc="upper left", fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_trace_vs_temperature(temperatures: Sequence[float], traces: Sequence[float], path: str | Path, *,
+                              errors: Sequence[float] | None = None, bounds: Sequence[float] | None = None,
+                              label: str = "trace", title: str = "") -> Path:
+    """Trace (with optional error bars) and optional bound against temperature, log-log; data to ``.json``."""
+    path = _png(path)
+    if len(traces) != len(temperatures) or (errors is not None and len(errors) != len(temperatures)) or (
+            bounds is not None and len(bounds) != len(temperatures)):
+        raise bad_param("traces", f"sequences as long as temperatures ({len(temperatures)})", len(traces),
+                        "plot_trace_vs_temperature")
+    data = {"temperatures": list(map(float, temperatures)), label: list(map(float, traces)),
+            "errors": None if errors is None else list(map(float, errors)),
+            "bound": None if bounds is None else list(map(float, bounds))}
+    path.with_suffix(".json").write_text(json.dumps(data, indent=1))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    ax.errorbar(temperatures, traces, yerr=errors, marker="o", capsize=3, label=label)
+    if bounds is not None:
+        ax.plot(temperatures, bounds, "k--", label="bound (K-1)/(K T^2) mean||x||^2")
+    ax.set_xscale("log", base=2)
+    positive = all(v > 0 for v in traces) and (bounds is None or all(v > 0 for v in bounds))
+    if positive:
+        ax.set_yscale("log")
+    ax.set_xlabel("temperature T")
+    ax.set_ylabel("Hessian trace")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
