@@ -55,7 +55,7 @@ GLUE_FILES: dict[str, list[list[str]]] = {
     "STS-B/test.tsv": [STSB_HEAD, ["0", "main-captions", "MSRvid", "2012test", "0024", "none", "none", "A girl.",
                                    "A woman."]],
     "QQP/train.tsv": [["id", "qid1", "qid2", "question1", "question2", "is_duplicate"],
-                      ["133273", "213221", "213222", "How is the life of a math student?", "Which level is enough?", "0"],
+                      ["133273", "213221", "213222", "How is the life of a math student?", "Which level?", "0"],
                       ["402555", "536040", "536041", '"How do I control my horny emotions?', "How do you control it?",
                        "1"],
                       ["360472", "364011", "490273", 'What does "the 12" mean?', "What is the meaning of 12?", "1"]],
@@ -95,9 +95,9 @@ GLUE_FILES: dict[str, list[list[str]]] = {
     "RTE/train.tsv": [["index", "sentence1", "sentence2", "label"],
                       ["0", "No Weapons of Mass Destruction Found in Iraq Yet.", "Weapons Found in Iraq.",
                        "not_entailment"],
-                      ["1", "A place of sorrow, after Pope John Paul II died.", "Pope John Paul II died.", "entailment"]],
+                      ["1", "A place of sorrow, after Pope John Paul died.", "Pope John Paul II died.", "entailment"]],
     "RTE/dev.tsv": [["index", "sentence1", "sentence2", "label"],
-                    ["0", "Dana Reeve, the widow, died Monday.", "Christopher Reeve had an accident.", "not_entailment"]],
+                    ["0", "Dana Reeve, the widow, died Monday.", "Reeve had an accident.", "not_entailment"]],
     "RTE/test.tsv": [["index", "sentence1", "sentence2"], ["0", "Mangla was an ancient town.", "Mangla is a town."]],
     "WNLI/train.tsv": [["index", "sentence1", "sentence2", "label"],
                        ["0", "I stuck a pin through a carrot. When I pulled the pin out, it had a hole.",
@@ -288,7 +288,7 @@ def test_hub_conversion_with_a_fake_datasets_module(monkeypatch):
 
 def test_hub_unavailable_says_to_pass_data_dir(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
-    with pytest.raises(FewbitsError, match=r"needs the 'datasets' package: pip install 'fewbits\[hub\]', or pass data_dir"):
+    with pytest.raises(FewbitsError, match=r"needs the 'datasets' package: pip install 'fewbits\[hub\]', or pass data"):
         load_task("glue/sst2")
     module = types.ModuleType("datasets")
 
@@ -297,5 +297,5 @@ def test_hub_unavailable_says_to_pass_data_dir(monkeypatch):
 
     module.load_dataset = unreachable
     monkeypatch.setitem(sys.modules, "datasets", module)
-    with pytest.raises(FewbitsError, match=r"could not load 'nyu-mll/glue' config 'sst2' .*ConnectionError.*pass data_dir"):
+    with pytest.raises(FewbitsError, match=r"could not load 'nyu-mll/glue' config 'sst2' .*ConnectionError.*data_dir"):
         load_task("glue/sst2")

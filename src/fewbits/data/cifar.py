@@ -74,7 +74,9 @@ def _unpickle(path: Path) -> dict[bytes, Any]:
         with open(path, "rb") as f:
             data = pickle.load(f, encoding="bytes")
     except Exception as exc:  # truncated or foreign files fail in many ways
-        raise FewbitsError(f"{path} is not a CIFAR batch ({type(exc).__name__}: {exc}). Re-extract the archive.") from exc
+        raise FewbitsError(
+            f"{path} is not a CIFAR batch ({type(exc).__name__}: {exc}). Re-extract the archive."
+        ) from exc
     if not isinstance(data, dict):
         raise FewbitsError(f"{path} is not a CIFAR batch (a pickled dict); got {type(data).__name__}.")
     return data

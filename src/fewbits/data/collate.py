@@ -119,18 +119,20 @@ class _ImageCollate:
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], train: bool,
                  generator: torch.Generator | None) -> None:
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        # (x / 255 - mean) / std  ==  x * scale - shift, on uint8 x
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) / std_t
         self.train = train
         self.generator = generator
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         _check_batch(examples)
-        images = torch.from_numpy(np.stack([np.asarray(ex["image"]) for ex in examples]))  # (N, H, W, C) uint8
-        x = images.permute(0, 3, 1, 2).float().div_(255.0)  # (N, C, H, W) in [0, 1]
+        images = np.stack([np.asarray(ex["image"]) for ex in examples])  # (N, H, W, C) uint8
+        x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))  # (N, C, H, W) uint8
         if self.train:
             x = augment(x, self.generator)
-        batch = {"x": ((x - self.mean) / self.std).contiguous()}
+        batch = {"x": x.float().mul_(self.scale).sub_(self.shift)}
         labels = _labels(examples, torch.long)
         if labels is not None:
             batch["labels"] = labels
@@ -138,7 +140,7 @@ class _ImageCollate:
 
 
 def augment(x: torch.Tensor, generator: torch.Generator | None = None, padding: int = CROP_PADDING) -> torch.Tensor:
-    """Random crop from a zero-padded copy, then a random left-right flip, per image of (N, C, H, W)."""
+    """Random crop from a zero-padded copy, then a random left-right flip, per image of (N, C, H, W) (any dtype)."""
     n, c, h, w = x.shape
     padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))  # zeros = black pixels
     top = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
