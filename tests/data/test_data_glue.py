@@ -226,6 +226,9 @@ def test_wrong_columns_are_named(tmp_path):
                           "RTE/dev.tsv": GLUE_FILES["RTE/dev.tsv"]})
     with pytest.raises(FewbitsError, match=r"RTE/train.tsv, line 2: label 'maybe' .* one of entailment, not_entailment"):
         load_task("glue/rte", data_dir=tmp_path)
+    (tmp_path / "RTE" / "train.tsv").write_bytes(b"index\tsentence1\tsentence2\tlabel\n0\tcaf\xe9\tb\t1\n")
+    with pytest.raises(FewbitsError, match=r"RTE/train.tsv is not a UTF-8 tab-separated GLUE file"):
+        load_task("glue/rte", data_dir=tmp_path)
 
 
 def test_short_rows_are_skipped_with_a_warning(tmp_path):

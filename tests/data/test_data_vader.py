@@ -78,6 +78,9 @@ def test_errors_name_the_file_and_the_fix(tmp_path):
     write_lexicon(tmp_path / "vader_lexicon.txt", ["good\t1.9\t0.9\t[2, 2]", "bad\tx\t0.5\t[-2]"])
     with pytest.raises(FewbitsError, match=r"vader_lexicon.txt, line 2"):
         load_task("vader", data_dir=tmp_path)
+    (tmp_path / "vader_lexicon.txt").write_bytes(b"caf\xe9\t1.0\t0.5\t[1]")
+    with pytest.raises(FewbitsError, match="vader_lexicon.txt is not UTF-8 text"):
+        load_task("vader", data_dir=tmp_path)
     with pytest.raises(FewbitsValueError, match="'dev_fraction' parameter of vader must be a float in"):
         load_task("vader", dev_fraction=1.5)
     with pytest.raises(FewbitsValueError, match="one of seed, dev_fraction. Got shuffle"):

@@ -115,6 +115,16 @@ def _parse_label(spec: GlueSpec, value: str, path: Path, line: int) -> int | flo
 
 def read_tsv(spec: GlueSpec, path: Path, *, labeled: bool) -> list[TextExample]:
     """Read one GLUE TSV file into examples; ``labeled`` files must have the label column."""
+    try:
+        return _read_tsv(spec, path, labeled)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise FewbitsError(
+            f"{path} is not a UTF-8 tab-separated GLUE file ({type(exc).__name__}: {exc}). "
+            f"Use the {spec.folder} files of the official GLUE download, unchanged."
+        ) from exc
+
+
+def _read_tsv(spec: GlueSpec, path: Path, labeled: bool) -> list[TextExample]:
     headerless = spec.folder == "CoLA" and path.stem != "test"
     rows_skipped = 0
     examples: list[TextExample] = []
@@ -153,7 +163,7 @@ def read_tsv(spec: GlueSpec, path: Path, *, labeled: bool) -> list[TextExample]:
             text_b = row[text_at[1]] if len(text_at) == 2 else None
             examples.append(TextExample(row[text_at[0]], text_b, label))
     if rows_skipped:
-        warnings.warn(f"{path}: skipped {rows_skipped} rows with fewer than {width} columns", stacklevel=3)
+        warnings.warn(f"{path}: skipped {rows_skipped} rows with fewer than {width} columns", stacklevel=4)
     return examples
 
 

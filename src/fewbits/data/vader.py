@@ -55,23 +55,29 @@ def read_lexicon(path: str | Path) -> list[LexiconEntry]:
             f"VADER lexicon not found at {path}. Pass data_dir=None to use the copy shipped with "
             f"vaderSentiment (pip install vaderSentiment), or a folder holding {LEXICON_FILE}."
         )
+    try:
+        with open(path, encoding="utf-8", newline="") as f:  # newline="": keep the file's \r\n to strip below
+            text = f.read()
+    except UnicodeDecodeError as exc:
+        raise FewbitsError(
+            f"{path} is not UTF-8 text ({exc}). Use the {LEXICON_FILE} shipped with vaderSentiment."
+        ) from exc
     entries = []
-    with open(path, encoding="utf-8", newline="") as f:
-        for number, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if not line:
-                continue
-            fields = line.split("\t")
-            try:
-                if len(fields) != 4:
-                    raise ValueError(f"{len(fields)} tab-separated columns instead of 4")
-                ratings = tuple(int(r) for r in fields[3].strip().strip("[]").split(","))
-                entries.append(LexiconEntry(fields[0], float(fields[1]), float(fields[2]), ratings))
-            except ValueError as exc:
-                raise FewbitsError(
-                    f"{path}, line {number}: not a VADER lexicon line (token, mean, sd, [ratings]): {exc}. "
-                    f"Use the {LEXICON_FILE} shipped with vaderSentiment."
-                ) from None
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.rstrip("\r")
+        if not line:
+            continue
+        fields = line.split("\t")
+        try:
+            if len(fields) != 4:
+                raise ValueError(f"{len(fields)} tab-separated columns instead of 4")
+            ratings = tuple(int(r) for r in fields[3].strip().strip("[]").split(","))
+            entries.append(LexiconEntry(fields[0], float(fields[1]), float(fields[2]), ratings))
+        except ValueError as exc:
+            raise FewbitsError(
+                f"{path}, line {number}: not a VADER lexicon line (token, mean, sd, [ratings]): {exc}. "
+                f"Use the {LEXICON_FILE} shipped with vaderSentiment."
+            ) from None
     if not entries:
         raise FewbitsError(f"{path} holds no lexicon entries. Use the {LEXICON_FILE} shipped with vaderSentiment.")
     return entries
