@@ -1,9 +1,34 @@
-"""fewbits: compress pretrained neural networks to a few bits per weight and measure the cost."""
+"""fewbits: compress pretrained neural networks to a few bits per weight and measure the cost.
+
+The main entry points are imported on first use, so ``import fewbits`` (and the CLI) stays fast::
+
+    reports = fewbits.compress(model, "kmeans", bits=3)   # in place: codes + trainable codebooks
+    fewbits.save(model, "out/model-3bit")                 # packed codes, codebooks, manifest
+    model = fewbits.load("out/model-3bit")                # bit-identical outputs
+    fewbits.decompress(model)                             # plain weights again, for any runtime
+"""
 
 from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from fewbits.errors import FewbitsError
 
 __version__ = "0.1.0"
 
-__all__ = ["FewbitsError", "__version__"]
+# public name -> module that defines it (imported lazily by __getattr__)
+_LAZY = {
+    "compress": "fewbits.nn",
+    "decompress": "fewbits.nn",
+    "save": "fewbits.io",
+    "load": "fewbits.io",
+}
+
+__all__ = ["FewbitsError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fewbits' has no attribute {name!r}")

@@ -17,6 +17,7 @@ from fewbits.errors import FewbitsError
 # verb -> (module, one-line help). Add a verb by adding a line here and a module beside it.
 VERBS: dict[str, tuple[str, str]] = {
     "demo": ("fewbits.commands.demo", "quantize the offline default model with every scheme and print the table"),
+    "info": ("fewbits.commands.info", "show an artifact's per-layer bits, sizes, true bits per weight and ratio to FP32"),
 }
 
 

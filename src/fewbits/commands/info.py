@@ -1,0 +1,71 @@
+"""Show what an artifact directory holds and what it truly costs.
+
+Prints every compressed layer (bits, groups, bytes of codes and codebook, bits per weight with the
+codebook), the tensors stored uncompressed, the headers, the true bits per weight of the whole
+model (codebooks, uncompressed tensors and headers included) and the compression ratio against
+the same model in FP32. The artifact is verified (manifest, checksum) first.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fewbits.io.summary import ArtifactSummary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directory", metavar="DIR", help="artifact directory written by fewbits.save")
+    parser.add_argument("--layers", type=int, default=None, metavar="N",
+                        help="show only the N largest layers (default: all)")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_summary(s: ArtifactSummary, max_layers: int | None = None) -> str:
+    """The text ``fewbits info`` prints."""
+    base = s.base.get("class") or s.base.get("name")
+    lines = [f"artifact   {s.directory}",
+             f"format     {s.format_version} (fewbits {s.fewbits_version}); base model: {s.base['kind']} {base}; "
+             f"codebooks {s.codebook_dtype}", ""]
+    layers = sorted(s.layers, key=lambda layer: -layer.numel)[:max_layers] if max_layers else s.layers
+    width = max([len("layer")] + [len(layer.name) for layer in layers])
+    lines.append(f"{'layer':<{width}}  {'shape':>14}  {'bits':>4}  {'scheme':>8}  {'groups':>6}  "
+                 f"{'codes':>11}  {'codebook':>11}  {'bits/weight':>11}")
+    for layer in layers:
+        tied = f"  (tied: {', '.join(layer.tied)})" if layer.tied else ""
+        shape = "x".join(map(str, layer.shape))
+        lines.append(f"{layer.name:<{width}}  {shape:>14}  {layer.bits:>4}  {layer.scheme:>8}  {layer.n_groups:>6}  "
+                     f"{_size(layer.code_bytes):>11}  {_size(layer.codebook_bytes):>11}  "
+                     f"{layer.bits_per_weight:>11.3f}{tied}")
+    if len(layers) < len(s.layers):
+        lines.append(f"... and {len(s.layers) - len(layers)} smaller layers")
+    codes = sum(layer.code_bytes for layer in s.layers)
+    books = sum(layer.codebook_bytes for layer in s.layers)
+    lines += [
+        "",
+        f"compressed   {len(s.layers)} layers, {s.compressed_weights:,} weights: codes {_size(codes)}, "
+        f"codebooks {_size(books)}",
+        f"uncompressed {s.uncompressed_values:,} values: {_size(s.uncompressed_bytes)}",
+        f"headers      {_size(s.header_bytes)} (safetensors header, manifest, config)",
+        f"total        {_size(s.total_bytes)} = theory {_size(s.theory_bytes)} + {100 * s.overhead:.2f}%"
+        + (f"; tokenizer files {_size(s.tokenizer_bytes)} apart" if s.tokenizer_bytes else ""),
+        f"true bits per weight {s.bits_per_weight:.3f} over all {s.parameters:,} values "
+        "(codebooks, uncompressed tensors and headers included)",
+        f"FP32 size {_size(s.fp32_bytes)}: compression ratio {s.ratio:.2f}x",
+    ]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fewbits.io.summary import describe  # imported here: `fewbits --help` must not load torch
+
+    print(format_summary(describe(args.directory), args.layers))
+    return 0

@@ -1,0 +1,126 @@
+"""Honest sizes of an artifact: per layer, everything uncompressed, headers, and the ratio to FP32.
+
+The theory of a compressed model's size is ``codes (n * bits / 8 bytes per layer) + codebooks +
+uncompressed tensors``; an artifact adds only headers (the safetensors header, the manifest and the
+base model's config). Tokenizer files are counted apart: they are not part of the model.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fewbits.io.format import (CONFIG_FILE, MANIFEST_FILE, TENSORS_FILE, TensorEntry, read_manifest,
+                               read_tensors_file)
+
+
+@dataclass(frozen=True)
+class LayerSize:
+    """One compressed layer: its codes and codebook bytes, and bits per weight including the codebook."""
+
+    name: str
+    shape: tuple[int, ...]
+    bits: int
+    scheme: str
+    n_groups: int
+    code_bytes: int
+    codebook_bytes: int
+    tied: tuple[str, ...]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def bits_per_weight(self) -> float:
+        """``8 * (codes + codebook) / weights``: what this layer truly costs per weight."""
+        return 8 * (self.code_bytes + self.codebook_bytes) / self.numel
+
+
+@dataclass(frozen=True)
+class ArtifactSummary:
+    """Sizes of an artifact directory (see :func:`describe`); all sizes in bytes."""
+
+    directory: Path
+    format_version: int
+    fewbits_version: str
+    base: dict[str, Any]
+    codebook_dtype: str
+    layers: list[LayerSize]
+    uncompressed_values: int  # values of every tensor stored as is (biases, norms, head, buffers)
+    uncompressed_bytes: int
+    fp32_uncompressed_bytes: int  # the same tensors with every floating-point value at 4 bytes
+    header_bytes: int  # safetensors header + manifest + base model config
+    tokenizer_bytes: int
+
+    @property
+    def compressed_weights(self) -> int:
+        return sum(layer.numel for layer in self.layers)
+
+    @property
+    def theory_bytes(self) -> int:
+        """Codes at n * bits / 8 (per layer, rounded up to a byte) + codebooks + uncompressed tensors."""
+        return sum(layer.code_bytes + layer.codebook_bytes for layer in self.layers) + self.uncompressed_bytes
+
+    @property
+    def total_bytes(self) -> int:
+        """What the model takes on disk: the theory plus headers (tokenizer files excluded)."""
+        return self.theory_bytes + self.header_bytes
+
+    @property
+    def parameters(self) -> int:
+        """Every stored value: compressed weights and uncompressed tensors."""
+        return self.compressed_weights + self.uncompressed_values
+
+    @property
+    def bits_per_weight(self) -> float:
+        """``8 * total_bytes / parameters``: codebooks, uncompressed tensors and headers included."""
+        return 8 * self.total_bytes / self.parameters if self.parameters else 0.0
+
+    @property
+    def fp32_bytes(self) -> int:
+        """The same model with every floating-point value at 32 bits (no header)."""
+        return 4 * self.compressed_weights + self.fp32_uncompressed_bytes
+
+    @property
+    def ratio(self) -> float:
+        """How many times smaller than FP32 (``fp32_bytes / total_bytes``)."""
+        return self.fp32_bytes / self.total_bytes
+
+    @property
+    def overhead(self) -> float:
+        """Fraction above the theory (``total_bytes / theory_bytes - 1``)."""
+        return self.total_bytes / self.theory_bytes - 1 if self.theory_bytes else 0.0
+
+
+def describe(directory: str | os.PathLike) -> ArtifactSummary:
+    """Read and verify an artifact (manifest, checksum, header) and account for every byte.
+
+    Example: ``s = describe("out/minilm-4bit"); print(s.bits_per_weight, s.ratio)``.
+    """
+    directory = Path(directory).expanduser()
+    manifest = read_manifest(directory)
+    _, entries, st_header = read_tensors_file(directory, manifest)
+    layers = [
+        LayerSize(name, tuple(layer["shape"]), layer["bits"], layer["scheme"], layer["n_groups"],
+                  entries[f"codes.{name}"].nbytes, entries[f"codebook.{name}"].nbytes, tuple(layer["tied"]))
+        for name, layer in manifest["layers"].items()
+    ]
+    plain: list[TensorEntry] = [e for n, e in entries.items() if n.startswith("state.")]
+    config = directory / CONFIG_FILE
+    header = st_header + (directory / MANIFEST_FILE).stat().st_size
+    if manifest["base"]["kind"] == "transformers" and config.is_file():
+        header += config.stat().st_size
+    tokenizer = sum((directory / f).stat().st_size for f in manifest["tokenizer_files"] if (directory / f).is_file())
+    return ArtifactSummary(
+        directory=directory, format_version=manifest["format_version"],
+        fewbits_version=str(manifest.get("fewbits_version", "?")), base=manifest["base"],
+        codebook_dtype=manifest["codebook_dtype"], layers=layers,
+        uncompressed_values=sum(math.prod(e.shape) for e in plain),
+        uncompressed_bytes=sum(e.nbytes for e in plain),
+        fp32_uncompressed_bytes=sum(4 * math.prod(e.shape) if e.dtype.is_floating_point else e.nbytes for e in plain),
+        header_bytes=header, tokenizer_bytes=tokenizer,
+    )
