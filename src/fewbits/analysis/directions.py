@@ -44,12 +44,13 @@ def filter_normalize(direction: Mapping[str, torch.Tensor], weights: Mapping[str
 
     Tensors with ndim < 2 are dropped (a zero direction) unless ``include_1d``, where each is
     rescaled as a whole. Zero weight filters (or zero direction filters) give zero, not NaN.
-    Returns float32 tensors on the CPU.
+    Returns CPU tensors in the weights' dtype (at least float32).
     """
     out: Direction = {}
     for name, d in direction.items():
         if name not in weights:
             raise bad_param("direction", "names that all appear in 'weights'", name, "filter_normalize")
+        dtype = torch.promote_types(weights[name].dtype, torch.float32)
         w = weights[name].detach().to("cpu", torch.float64)
         d64 = d.detach().to("cpu", torch.float64)
         if w.shape != d64.shape:
@@ -63,7 +64,7 @@ def filter_normalize(direction: Mapping[str, torch.Tensor], weights: Mapping[str
         d_norm = d64.reshape(rows, -1).norm(dim=1)
         scale = torch.where(d_norm > 0, w_norm / d_norm.clamp_min(torch.finfo(torch.float64).tiny),
                             torch.zeros_like(d_norm))
-        out[name] = (d64.reshape(rows, -1) * scale[:, None]).reshape(w.shape).to(torch.float32)
+        out[name] = (d64.reshape(rows, -1) * scale[:, None]).reshape(w.shape).to(dtype)
     return out
 
 
@@ -136,7 +137,7 @@ def save_directions(path: str | Path, pairs: list[DirectionPair], metadata: Mapp
     for k, (dx, dy) in enumerate(pairs):
         for axis, d in (("x", dx), ("y", dy)):
             for name, t in d.items():
-                tensors[f"pair{k}.{axis}.{name}"] = t.detach().to("cpu", torch.float32).contiguous()
+                tensors[f"pair{k}.{axis}.{name}"] = t.detach().cpu().contiguous()
     header = {"format": FORMAT, "version": str(FORMAT_VERSION), "pairs": str(len(pairs)),
               "metadata": json.dumps(dict(metadata or {}))}
     path = Path(path)

@@ -50,6 +50,19 @@ def _is_machinery(name: str) -> bool:
     return "parametrizations" in name.split(".")
 
 
+def _tie_key(plist: nn.Module) -> int | tuple[int, ...]:
+    """What a parametrized tensor's value depends on: its chain of parametrizations and its original.
+
+    Tied modules may each hold their own list around one shared parametrization (fewbits.nn's tied
+    codebooks, whose original is an empty placeholder): those compute one value and share a key.
+    """
+    original = getattr(plist, "original", None)
+    chain = tuple(id(p) for p in plist)
+    if isinstance(original, torch.Tensor) and original.numel() == 0:
+        return chain
+    return chain + (id(original) if original is not None else id(plist),)
+
+
 def _sites(model: nn.Module) -> dict[str, list[_Site]]:
     """Effective tensor name -> every place it is stored (tied weights have several), in module order."""
     sites: dict[str, list[_Site]] = {}
@@ -60,8 +73,7 @@ def _sites(model: nn.Module) -> dict[str, list[_Site]]:
         prefix = f"{mod_name}." if mod_name else ""
         if parametrize.is_parametrized(module):
             for attr in module.parametrizations.keys():
-                key = id(module.parametrizations[attr])
-                name = first_name.setdefault(key, prefix + attr)
+                name = first_name.setdefault(_tie_key(module.parametrizations[attr]), prefix + attr)
                 sites.setdefault(name, []).append(_Site(module, attr, True))
         for attr, param in module._parameters.items():
             if param is None or not param.is_floating_point():
