@@ -18,6 +18,7 @@ from fewbits.errors import FewbitsError
 VERBS: dict[str, tuple[str, str]] = {
     "demo": ("fewbits.commands.demo", "quantize the offline default model with every scheme and print the table"),
     "info": ("fewbits.commands.info", "show an artifact's per-layer bits, sizes, true bits per weight and ratio to FP32"),
+    "mask": ("fewbits.commands.mask", "learn a task's binary mask over a frozen shared base; save only mask + head"),
 }
 
 

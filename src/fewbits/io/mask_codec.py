@@ -26,13 +26,20 @@ inconsistent data, so a truncated or altered mask never loads silently.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from fewbits.errors import ArtifactError, FewbitsTypeError, bad_param
+from fewbits.errors import ArtifactError, FewbitsTypeError, FewbitsValueError, bad_param
 from fewbits.quantize.pack import pack, unpack
 
 METHODS = ("bitpack", "rice", "runs")
@@ -242,3 +249,262 @@ def decode(encoded: EncodedMask, name: str = "mask") -> torch.Tensor:
     else:
         raise _corrupt(name, f"unknown method {encoded.method!r} (known: {list(METHODS)})")
     return torch.from_numpy(flat).reshape(encoded.shape)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The task artifact: the masks of one task (encoded) and its dense head, tied to a base by checksum.
+# ---------------------------------------------------------------------------------------------------
+
+MASK_FORMAT = "fewbits-mask"
+MASK_FORMAT_VERSION = 1
+MASK_TENSORS_FILE = "mask.safetensors"
+"""Manifest (``fewbits.json``, format version 1)::
+
+    {"format": "fewbits-mask", "format_version": 1, "fewbits_version": "0.1.0",
+     "base": {"sha256": "<checksum of the base's weights>", "source": "<where it was loaded from>"},
+     "tensors": {"file": "mask.safetensors", "bytes": N, "sha256": "..."},
+     "masks": {"<layer>": {"shape": [...], "kept": K, "method": "rice", "params": {...}, "tied": [...]}},
+     "head": ["classifier.weight", "classifier.bias"],
+     "info": {...task, settings and metrics; free-form JSON}}
+
+Tensors in ``mask.safetensors``: ``mask.<layer>`` (the encoded bytes, flat uint8) and
+``head.<state key>`` (the head's tensors as trained).
+"""
+
+
+@dataclass(frozen=True)
+class MaskArtifact:
+    """What a task artifact holds: bool masks by layer, their tied partners, the head's state, the manifest."""
+
+    masks: dict[str, torch.Tensor]
+    tied: dict[str, list[str]]
+    head: dict[str, torch.Tensor]
+    manifest: dict
+
+
+def _manifest_path(directory: Path) -> Path:
+    from fewbits.io.format import MANIFEST_FILE
+
+    return directory / MANIFEST_FILE
+
+
+def is_mask_artifact(directory: str | os.PathLike) -> bool:
+    """True when ``directory`` holds a task mask artifact (its manifest says ``"format": "fewbits-mask"``)."""
+    path = _manifest_path(Path(directory).expanduser())
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("format") == MASK_FORMAT
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return False
+
+
+def write_mask_artifact(directory: str | os.PathLike, masks: Mapping[str, torch.Tensor],
+                        head: Mapping[str, torch.Tensor], *, base_sha256: str, base_source: str = "",
+                        tied: Mapping[str, Sequence[str]] | None = None, info: Mapping[str, Any] | None = None) -> Path:
+    """Encode every mask (smallest method per tensor) and write the artifact atomically; returns its path.
+
+    An existing task artifact at ``directory`` is replaced; any other non-empty directory is refused.
+    """
+    from safetensors.torch import save as st_save
+
+    from fewbits.io.format import sha256_hex
+
+    if not isinstance(base_sha256, str) or len(base_sha256) != 64:
+        raise bad_param("base_sha256", "a sha256 hex digest (64 characters)", base_sha256, "write_mask_artifact")
+    tensors: dict[str, torch.Tensor] = {}
+    layers: dict[str, dict[str, Any]] = {}
+    for name, mask in masks.items():
+        enc = encode(mask)
+        tensors[f"mask.{name}"] = enc.data.contiguous()
+        layers[name] = {"shape": list(enc.shape), "kept": int(mask.sum()), "method": enc.method,
+                        "params": enc.params, "tied": list((tied or {}).get(name, []))}
+    for key, value in head.items():
+        tensors[f"head.{key}"] = value.detach().to("cpu").contiguous().clone()
+    data = st_save(tensors, metadata={"format": MASK_FORMAT})
+    manifest = {"format": MASK_FORMAT, "format_version": MASK_FORMAT_VERSION, "fewbits_version": _version(),
+                "base": {"sha256": base_sha256, "source": str(base_source)},
+                "tensors": {"file": MASK_TENSORS_FILE, "bytes": len(data), "sha256": sha256_hex(data)},
+                "masks": layers, "head": list(head), "info": dict(info or {})}
+    target = Path(directory).expanduser()
+    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not is_mask_artifact(target))):
+        raise FewbitsValueError(f"write_mask_artifact: {target} exists and is not a task mask artifact; give a new "
+                                "or empty directory (an existing mask artifact is replaced).")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    try:
+        (tmp / MASK_TENSORS_FILE).write_bytes(data)
+        _manifest_path(tmp).write_text(json.dumps(manifest, separators=(",", ":")), encoding="utf-8")
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        if target.exists():
+            os.rename(target, old)
+        os.rename(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _version() -> str:
+    from fewbits import __version__
+
+    return __version__
+
+
+def _read_checked(directory: Path) -> tuple[dict, bytes, dict]:
+    """Manifest, tensor bytes and parsed header of a task artifact, every field and the checksum checked."""
+    from fewbits.io.format import parse_header, sha256_hex
+
+    path = _manifest_path(directory)
+    if not directory.is_dir():
+        raise ArtifactError(f"{directory}: no such mask directory; give a directory written by fewbits mask.")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing, so {directory} is not a task mask artifact.") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path}: not valid JSON ({exc}); train the mask again.") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MASK_FORMAT:
+        kind = manifest.get("format") if isinstance(manifest, dict) else None
+        raise ArtifactError(f"{path}: not a task mask artifact (format {kind!r}, expected {MASK_FORMAT!r}); "
+                            "a base artifact is loaded with fewbits.load, a mask with fewbits.load_mask.")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= MASK_FORMAT_VERSION:
+        raise ArtifactError(f"{path}: mask format version {version!r}; this fewbits reads up to "
+                            f"{MASK_FORMAT_VERSION} (upgrade fewbits).")
+    ok = (isinstance(manifest.get("base"), dict) and isinstance(manifest["base"].get("sha256"), str)
+          and isinstance(manifest.get("tensors"), dict) and manifest["tensors"].get("file") == MASK_TENSORS_FILE
+          and isinstance(manifest["tensors"].get("sha256"), str) and isinstance(manifest.get("masks"), dict)
+          and isinstance(manifest.get("head"), list) and isinstance(manifest.get("info", {}), dict)
+          and all(isinstance(m, dict) and isinstance(m.get("shape"), list)
+                  and all(isinstance(s, int) and s >= 0 for s in m["shape"]) and isinstance(m.get("kept"), int)
+                  and m.get("method") in METHODS and isinstance(m.get("params"), dict) and isinstance(m.get("tied"), list)
+                  for m in manifest["masks"].values()))
+    if not ok:
+        raise ArtifactError(f"{path}: malformed mask manifest; train the mask again.")
+    tensors_path = directory / MASK_TENSORS_FILE
+    if not tensors_path.is_file():
+        raise ArtifactError(f"{tensors_path}: missing; train the mask again.")
+    data = tensors_path.read_bytes()
+    if len(data) != manifest["tensors"].get("bytes") or sha256_hex(data) != manifest["tensors"]["sha256"]:
+        raise ArtifactError(f"{tensors_path}: size or sha256 checksum differs from the manifest (the file was "
+                            "truncated, altered or damaged); train the mask again.")
+    entries, _ = parse_header(data, tensors_path)
+    expected = {f"mask.{n}" for n in manifest["masks"]} | {f"head.{k}" for k in manifest["head"]}
+    if set(entries) != expected:
+        raise ArtifactError(f"{tensors_path}: tensors {sorted(set(entries) ^ expected)[:5]} differ from the manifest.")
+    return manifest, data, entries
+
+
+def read_mask_artifact(directory: str | os.PathLike) -> MaskArtifact:
+    """Read and verify a task artifact (manifest, checksum, every mask decoded and counted)."""
+    from safetensors.torch import load as st_load
+
+    directory = Path(directory).expanduser()
+    manifest, data, _ = _read_checked(directory)
+    tensors = st_load(data)
+    masks, tied = {}, {}
+    for name, layer in manifest["masks"].items():
+        enc = EncodedMask(layer["method"], tuple(layer["shape"]), tensors[f"mask.{name}"], layer["params"])
+        mask = decode(enc, name)
+        if int(mask.sum()) != layer["kept"]:
+            raise _corrupt(name, f"{int(mask.sum())} kept weights, the manifest says {layer['kept']}")
+        masks[name], tied[name] = mask, list(layer["tied"])
+    head = {key: tensors[f"head.{key}"] for key in manifest["head"]}
+    return MaskArtifact(masks, tied, head, manifest)
+
+
+@dataclass(frozen=True)
+class MaskLayerSize:
+    """One stored mask: its shape, kept weights, coding method and encoded bytes."""
+
+    name: str
+    shape: tuple[int, ...]
+    kept: int
+    method: str
+    nbytes: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of the layer's weights the mask removes."""
+        return 1 - self.kept / self.numel if self.numel else 0.0
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.nbytes / self.numel if self.numel else 0.0
+
+
+@dataclass(frozen=True)
+class MaskSummary:
+    """Sizes of a task artifact (see :func:`describe_mask`); all sizes in bytes."""
+
+    directory: Path
+    base_sha256: str
+    base_source: str
+    info: dict
+    layers: list[MaskLayerSize]
+    head_values: int
+    head_bytes: int
+    header_bytes: int  # safetensors header + manifest
+
+    @property
+    def weights(self) -> int:
+        """Weights covered by a mask."""
+        return sum(layer.numel for layer in self.layers)
+
+    @property
+    def mask_bytes(self) -> int:
+        return sum(layer.nbytes for layer in self.layers)
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of the masked weights removed."""
+        return 1 - sum(layer.kept for layer in self.layers) / self.weights if self.weights else 0.0
+
+    @property
+    def mask_bits_per_weight(self) -> float:
+        """Encoded mask bits per masked weight (a plain bitmask is 1.0)."""
+        return 8 * self.mask_bytes / self.weights if self.weights else 0.0
+
+    @property
+    def total_bytes(self) -> int:
+        return self.mask_bytes + self.head_bytes + self.header_bytes
+
+
+def describe_mask(directory: str | os.PathLike) -> MaskSummary:
+    """Verify a task artifact and account for its bytes; ``fewbits info`` shows it with :func:`format_mask_summary`."""
+    directory = Path(directory).expanduser()
+    manifest, data, entries = _read_checked(directory)
+    layers = [MaskLayerSize(name, tuple(layer["shape"]), layer["kept"], layer["method"], entries[f"mask.{name}"].nbytes)
+              for name, layer in manifest["masks"].items()]
+    head = [entries[f"head.{key}"] for key in manifest["head"]]
+    header = len(data) - sum(e.nbytes for e in entries.values()) + _manifest_path(directory).stat().st_size
+    return MaskSummary(directory, manifest["base"]["sha256"], manifest["base"].get("source", ""),
+                       manifest.get("info", {}), layers, sum(math.prod(e.shape) for e in head),
+                       sum(e.nbytes for e in head), header)
+
+
+def format_mask_summary(summary: MaskSummary, max_layers: int | None = None) -> str:
+    """The text ``fewbits info`` prints for a task artifact: per-layer mask sizes and sparsity, then totals."""
+    task = summary.info.get("task", {}).get("name", "?") if isinstance(summary.info.get("task"), dict) else "?"
+    lines = [f"task mask  {summary.directory}",
+             f"task       {task}; base sha256 {summary.base_sha256[:16]}... ({summary.base_source or 'source unknown'})",
+             ""]
+    layers = sorted(summary.layers, key=lambda m: -m.numel)[:max_layers] if max_layers else summary.layers
+    width = max([len("layer")] + [len(m.name) for m in layers])
+    lines.append(f"{'layer':<{width}}  {'shape':>14}  {'sparsity':>8}  {'method':>7}  {'bytes':>9}  {'bits/weight':>11}")
+    for m in layers:
+        lines.append(f"{m.name:<{width}}  {'x'.join(map(str, m.shape)):>14}  {100 * m.sparsity:>7.2f}%  "
+                     f"{m.method:>7}  {m.nbytes:>9,}  {m.bits_per_weight:>11.4f}")
+    if len(layers) < len(summary.layers):
+        lines.append(f"... and {len(summary.layers) - len(layers)} smaller layers")
+    lines += ["",
+              f"masks   {len(summary.layers)} layers, {summary.weights:,} weights, sparsity "
+              f"{100 * summary.sparsity:.2f}%: {summary.mask_bytes:,} bytes = {summary.mask_bits_per_weight:.4f} "
+              "bits per weight (a plain bitmask: 1 bit)",
+              f"head    {summary.head_values:,} values: {summary.head_bytes:,} bytes",
+              f"headers {summary.header_bytes:,} bytes; total {summary.total_bytes:,} bytes"]
+    return "\n".join(lines)
