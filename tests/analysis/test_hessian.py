@@ -49,8 +49,12 @@ def exact_softmax_hessian_trace(model: SoftmaxLayer, data) -> float:
     return float(H.reshape(model.W.numel(), -1).trace())
 
 
-@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0, 4.0, 8.0])
-def test_exact_softmax_trace_matches_autograd_and_obeys_the_bound(temperature):
+def test_exact_softmax_trace_matches_autograd_and_obeys_the_bound():
+    for temperature in (0.5, 1.0, 2.0, 4.0, 8.0):
+        _check_softmax_trace_and_bound(temperature)
+
+
+def _check_softmax_trace_and_bound(temperature: float) -> None:
     torch.manual_seed(0)
     model = SoftmaxLayer(classes=4, features=5, temperature=temperature)
     data = batches(sizes=(20, 17), features=5, classes=4)
