@@ -106,6 +106,17 @@ def test_bert_compress_forward_train_and_decompress(bert, quantizer):
         assert torch.equal(bert(x).logits, trained)
 
 
+def test_decompressing_a_deep_copy_leaves_the_original_working(bert, quantizer):
+    x = torch.randint(0, 96, (2, 7))
+    compress(bert, quantizer, 2)
+    with torch.no_grad():
+        out = bert(x).logits
+    twin = decompress(copy.deepcopy(bert))
+    assert codebook_modules(twin) == {} and len(codebook_modules(bert)) == 16
+    with torch.no_grad():
+        assert torch.equal(bert(x).logits, out) and torch.equal(twin(x).logits, out)
+
+
 def test_cnn_default_compresses_the_hidden_linear_only(cnn, quantizer):
     reports = compress(cnn, quantizer, 2)
     assert [r.name for r in reports] == ["hidden"]

@@ -16,6 +16,7 @@ from fewbits.nn.targets import (
     head_names,
     matching_names,
     register_weight_parametrization,
+    remove_weight_parametrizations,
     select_targets,
 )
 
@@ -32,5 +33,6 @@ __all__ = [
     "matching_names",
     "param_groups",
     "register_weight_parametrization",
+    "remove_weight_parametrizations",
     "select_targets",
 ]

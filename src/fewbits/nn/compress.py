@@ -17,7 +17,7 @@ from torch.nn.utils import parametrize
 from fewbits.errors import FewbitsTypeError, FewbitsValueError, TargetsNotFoundError, bad_param
 from fewbits.nn.codebook import Codebook
 from fewbits.nn.targets import (Patterns, find_parametrizations, matching_names, register_weight_parametrization,
-                                select_targets)
+                                remove_weight_parametrizations, select_targets)
 from fewbits.quantize.base import MAX_BITS, QuantizedTensor, check_bits, check_sample_weight, resolve_group_size
 
 Quantizer = Callable[..., QuantizedTensor]
@@ -215,7 +215,7 @@ def decompress(model: nn.Module) -> nn.Module:
         else:
             weight = nn.Parameter(value)
             rebuilt.setdefault(id(codebook), weight)
-        parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+        remove_weight_parametrizations(module)
         del module.weight  # the emptied original, registered back as a buffer
         module.weight = weight
     return model

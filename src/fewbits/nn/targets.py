@@ -166,6 +166,19 @@ def register_weight_parametrization(module: nn.Module, parametrization: nn.Modul
         parametrize.register_parametrization(module, "weight", parametrization)
 
 
+def remove_weight_parametrizations(module: nn.Module) -> None:
+    """Remove every parametrization of ``module.weight``, leaving the ORIGINAL tensor registered.
+
+    ``copy.deepcopy`` of a parametrized module shares torch's injected class with the original, and
+    torch's removal edits that class, which would break the original too; the module first gets a
+    private copy of the class, so removing from a copy never touches the model it was copied from.
+    """
+    cls = type(module)
+    module.__class__ = type(cls.__name__, cls.__bases__, {k: v for k, v in vars(cls).items()
+                                                          if k not in ("__dict__", "__weakref__")})
+    parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+
+
 def find_parametrizations(model: nn.Module, kind: type[nn.Module]) -> dict[str, tuple[nn.Module, nn.Module]]:
     """``name -> (module, parametrization)`` for every module whose weight carries a ``kind`` instance.
 
