@@ -32,13 +32,13 @@ def batch() -> dict[str, torch.Tensor]:
     return {"input_ids": torch.randint(1, 60, (8, 6), generator=gen), "labels": torch.randint(0, 2, (8,), generator=gen)}
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_bert():
     """``make_bert(seed=0, num_labels=2)`` -> a fresh tiny BERT."""
     return tiny_bert
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def quantizer():
     """A deterministic 1-bit-by-sign quantizer usable as ``compress(model, quantizer, bits)``."""
     return sign_quantizer
