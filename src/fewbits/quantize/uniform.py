@@ -6,7 +6,9 @@ Two grids of ``2**bits`` levels, ``scale`` apart:
   symmetric about 0, with 0 itself not a level. 1 bit: ``{-scale/2, +scale/2}`` (sign binarization);
   2 bits: ``{-1.5, -0.5, 0.5, 1.5} * scale``; 8 bits: ``{-127.5, ..., 127.5} * scale``.
   :func:`uniform_scale` picks ``scale = 2 * max|x| / (2**bits - 1)`` so the outer levels are
-  ``+-max|x|`` (for 1 bit: ``+-max|x|``; for 2 bits: ``{-1, -1/3, 1/3, 1} * max|x|``).
+  ``+-max|x|`` (2 bits: ``{-1, -1/3, 1/3, 1} * max|x|``), except at 1 bit, where outer levels at
+  ``+-max|x|`` would move almost every weight far away: there ``scale = 2 * mean|x|``, so the
+  levels are ``+-mean|x|``, the least-squares binary scale (as in binary-weight networks).
 - asymmetric (mid-tread, with an integer ``zero_point``): levels ``(k - zero_point) * scale`` for
   ``k`` in ``[0, 2**bits - 1]``; 0 is exactly a level. :func:`uniform_scale` widens ``[min, max]``
   to contain 0 (as PyTorch's observers do, so ReLU zeros stay exact), takes
@@ -91,7 +93,8 @@ def _group_stats(flat: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.
     """Per-row scale (and zero point) of a ``(n_groups, group_size)`` tensor, each ``(n_groups, 1)``."""
     levels = (1 << bits) - 1
     if symmetric:
-        return flat.abs().amax(dim=1, keepdim=True) * (2.0 / levels), None
+        size = flat.abs().mean(dim=1, keepdim=True) if bits == 1 else flat.abs().amax(dim=1, keepdim=True)
+        return size * (2.0 / levels), None
     lo = flat.amin(dim=1, keepdim=True).clamp(max=0)
     hi = flat.amax(dim=1, keepdim=True).clamp(min=0)
     scale = (hi - lo) / levels
@@ -110,7 +113,7 @@ def _broadcast_shape(shape: torch.Size, group_size: int) -> tuple[int, ...]:
 
 def uniform_scale(x: torch.Tensor, bits: int, *, symmetric: bool = True, groups: int | str | None = None,
                   group_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Max-abs (symmetric) or min/max (asymmetric) ``scale`` and ``zero_point`` of each group.
+    """Max-abs (symmetric; mean-abs at 1 bit) or min/max (asymmetric) ``scale`` and ``zero_point`` of each group.
 
     Both are shaped to broadcast against ``x``: ``(1, ..., 1)`` per tensor, ``(C, 1, ...)`` per
     channel; a group that spans several rows repeats its value on each, and groups smaller than a

@@ -1,0 +1,424 @@
+"""Compiled (numba) loops behind the 1-D quantizers; callers validate, these trust their input.
+
+Data comes as ``(n_groups, group_size)`` arrays. Values are shifted by a per-group ``center`` so
+that prefix sums stay small (squared error is shift-invariant). A group's data is summarised as
+sorted *atoms* (distinct values, or histogram bins) with a weight ``c`` (count or sum of
+sample_weight) and a weighted sum ``s``; a cluster of consecutive atoms ``[m, i)`` costs
+``Q - S**2 / C`` with ``C, S, Q`` the prefix-sum differences, and ``Q`` (sum of w*x**2) is additive,
+so the dynamic program only needs ``-S**2 / C``.
+
+Nearest-centroid assignment uses a lookup table over ``[lo, hi]``: each table cell stores the code
+of its lowest value, and a value walks up past the few midpoints inside its cell. A value exactly
+on a midpoint goes to the lower centroid everywhere (``code = #{midpoints < x}``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_NB = {"cache": True, "nogil": True}
+
+
+@njit(**_NB)
+def linear_codes(x, lo, hi, bits, codes, wsum, xsum, center):
+    """P1's linear bins: ``floor((x - lo) / w)`` with ``w = (hi - lo) / 2**bits``, clamped; per-bin sums."""
+    n_groups, n = x.shape
+    k = 1 << bits
+    for g in range(n_groups):
+        width = (hi[g] - lo[g]) / k
+        for t in range(n):
+            v = np.float64(x[g, t])
+            b = 0
+            if width > 0.0:
+                q = (v - lo[g]) / width
+                b = min(int(q), k - 1)
+            codes[g, t] = b
+            wsum[g, b] += 1.0
+            xsum[g, b] += v - center[g]
+
+
+@njit(**_NB)
+def histogram_atoms(x, sw, has_sw, lo, hi, n_bins, center, ptr, atom_v, atom_c, atom_s, atom_q):
+    """Fine equal-width histogram of each group, compressed to its non-empty bins (the atoms).
+
+    The bin index is ``floor((x - lo) / ((hi - lo) / n_bins))``, the same expression as the linear
+    scheme's with a finer width, so linear's partition is one the histogram can express.
+    ``atom_v`` holds the weighted mean of each bin (plain mean where its weight is 0).
+    """
+    n_groups, n = x.shape
+    cnt = np.zeros(n_bins, np.float64)
+    c = np.zeros(n_bins, np.float64)
+    s = np.zeros(n_bins, np.float64)
+    s1 = np.zeros(n_bins, np.float64)
+    q = np.zeros(n_bins, np.float64)
+    out = 0
+    ptr[0] = 0
+    for g in range(n_groups):
+        cnt[:] = 0.0
+        c[:] = 0.0
+        s[:] = 0.0
+        s1[:] = 0.0
+        q[:] = 0.0
+        width = (hi[g] - lo[g]) / n_bins
+        for t in range(n):
+            v = np.float64(x[g, t])
+            b = 0
+            if width > 0.0:
+                b = min(int((v - lo[g]) / width), n_bins - 1)
+            d = v - center[g]
+            w = sw[g, t] if has_sw else 1.0
+            cnt[b] += 1.0
+            s1[b] += d
+            c[b] += w
+            s[b] += w * d
+            q[b] += w * d * d
+        for b in range(n_bins):
+            if cnt[b] > 0.0:
+                atom_c[out] = c[b]
+                atom_s[out] = s[b]
+                atom_q[out] = q[b]
+                atom_v[out] = s[b] / c[b] if c[b] > 0.0 else s1[b] / cnt[b]
+                out += 1
+        ptr[g + 1] = out
+
+
+@njit(**_NB)
+def sorted_atoms(xs, sws, has_sw, center, ptr, atom_v, atom_c, atom_s, atom_q):
+    """Run-length encode each sorted row into distinct values with their total weight."""
+    n_groups, n = xs.shape
+    out = 0
+    ptr[0] = 0
+    for g in range(n_groups):
+        t = 0
+        while t < n:
+            v = xs[g, t]
+            d = np.float64(v) - center[g]
+            c = 0.0
+            while t < n and xs[g, t] == v:
+                c += sws[g, t] if has_sw else 1.0
+                t += 1
+            atom_v[out] = d
+            atom_c[out] = c
+            atom_s[out] = c * d
+            atom_q[out] = c * d * d
+            out += 1
+        ptr[g + 1] = out
+
+
+@njit(**_NB)
+def _prefix(c, s, q, a, b, pc, ps, pq):
+    """Prefix sums of atoms ``[a, b)`` into ``pc, ps, pq`` (length ``b - a + 1``)."""
+    pc[0] = 0.0
+    ps[0] = 0.0
+    pq[0] = 0.0
+    for t in range(b - a):
+        pc[t + 1] = pc[t] + c[a + t]
+        ps[t + 1] = ps[t] + s[a + t]
+        pq[t + 1] = pq[t] + q[a + t]
+
+
+@njit(**_NB)
+def _neg_between(pc, ps, m, i):
+    """``-S**2 / C`` of atoms ``[m, i)``: the cluster's squared error minus its (additive) ``Q``."""
+    dc = pc[i] - pc[m]
+    if dc <= 0.0:
+        return 0.0
+    ds = ps[i] - ps[m]
+    return -ds * ds / dc
+
+
+@njit(**_NB)
+def _dp_bounds(pc, ps, n, k, arg, bounds):
+    """Exact optimal partition of ``n`` sorted atoms into ``k`` (possibly empty) clusters.
+
+    Wang & Song's dynamic program, each layer's row minima by divide and conquer (the cost is
+    Monge, so the leftmost optimal split point is monotone in ``i``). ``bounds`` gets ``k + 1``
+    atom indices: cluster ``j`` is atoms ``[bounds[j], bounds[j + 1])``.
+    """
+    prev = np.empty(n + 1, np.float64)
+    cur = np.empty(n + 1, np.float64)
+    for i in range(n + 1):
+        prev[i] = _neg_between(pc, ps, 0, i)
+    stack = np.empty((256, 4), np.int64)
+    for j in range(1, k):
+        top = 0
+        stack[0, 0] = 0
+        stack[0, 1] = n
+        stack[0, 2] = 0
+        stack[0, 3] = n
+        top = 1
+        while top > 0:
+            top -= 1
+            ilo = stack[top, 0]
+            ihi = stack[top, 1]
+            mlo = stack[top, 2]
+            mhi = stack[top, 3]
+            mid = (ilo + ihi) // 2
+            best = np.inf
+            best_m = mlo
+            for m in range(mlo, min(mhi, mid) + 1):
+                val = prev[m] + _neg_between(pc, ps, m, mid)
+                if val < best:
+                    best = val
+                    best_m = m
+            cur[mid] = best
+            arg[j, mid] = best_m
+            if mid - 1 >= ilo:
+                stack[top, 0] = ilo
+                stack[top, 1] = mid - 1
+                stack[top, 2] = mlo
+                stack[top, 3] = best_m
+                top += 1
+            if mid + 1 <= ihi:
+                stack[top, 0] = mid + 1
+                stack[top, 1] = ihi
+                stack[top, 2] = best_m
+                stack[top, 3] = mhi
+                top += 1
+        prev, cur = cur, prev
+    bounds[k] = n
+    for j in range(k - 1, 0, -1):
+        bounds[j] = arg[j, bounds[j + 1]]
+    bounds[0] = 0
+
+
+@njit(**_NB)
+def _centroids_from_bounds(atom_v, pc, ps, a, bounds, k, out):
+    """Mean of each cluster; an empty one (no weight) takes its nearest atom value, keeping order."""
+    last = atom_v[a] if a < atom_v.size else 0.0
+    for j in range(k):
+        dc = pc[bounds[j + 1]] - pc[bounds[j]]
+        if dc > 0.0:
+            out[j] = (ps[bounds[j + 1]] - ps[bounds[j]]) / dc
+            last = out[j]
+        elif bounds[j + 1] > bounds[j]:
+            out[j] = atom_v[a + bounds[j]]  # only zero-weight atoms: keep a value among them
+            last = out[j]
+        else:
+            out[j] = last
+    for j in range(k - 2, -1, -1):  # leading empties copy the first real centroid
+        if out[j] > out[j + 1]:
+            out[j] = out[j + 1]
+
+
+@njit(**_NB)
+def optimal_centroids(ptr, atom_v, atom_c, atom_s, atom_q, k, out):
+    """Optimal (least weighted squared error) ``k`` centroids of every group's atoms, sorted."""
+    n_groups = ptr.size - 1
+    max_n = 0
+    for g in range(n_groups):
+        max_n = max(max_n, ptr[g + 1] - ptr[g])
+    pc = np.empty(max_n + 1, np.float64)
+    ps = np.empty(max_n + 1, np.float64)
+    pq = np.empty(max_n + 1, np.float64)
+    arg = np.empty((k, max_n + 1), np.int32)
+    bounds = np.empty(k + 1, np.int64)
+    for g in range(n_groups):
+        a = ptr[g]
+        n = ptr[g + 1] - a
+        _prefix(atom_c, atom_s, atom_q, a, a + n, pc, ps, pq)
+        if n <= k:  # every atom its own cluster: zero error
+            for j in range(k + 1):
+                bounds[j] = min(j, n)
+        else:
+            _dp_bounds(pc, ps, n, k, arg, bounds)
+        _centroids_from_bounds(atom_v, pc, ps, a, bounds, k, out[g])
+
+
+@njit(**_NB)
+def assign(x, sw, has_sw, centroids, lo, hi, center, codes, wsum, xsum):
+    """Nearest-centroid codes of every value (sorted centroids), and each code's weight and sum."""
+    n_groups, n = x.shape
+    k = centroids.shape[1]
+    n_cells = 32 * k
+    table = np.empty(n_cells, np.int64)
+    mids = np.empty(max(k - 1, 1), np.float64)
+    for g in range(n_groups):
+        for j in range(k - 1):
+            mids[j] = 0.5 * (centroids[g, j] + centroids[g, j + 1]) + center[g]
+        width = (hi[g] - lo[g]) / n_cells
+        margin = (hi[g] - lo[g]) * 1e-9
+        j = 0
+        for t in range(n_cells):  # code of the lowest value a cell can hold
+            edge = lo[g] + t * width - margin
+            while j < k - 1 and mids[j] < edge:
+                j += 1
+            table[t] = j
+        for t in range(n):
+            v = np.float64(x[g, t])
+            cell = 0
+            if width > 0.0:
+                cell = min(int((v - lo[g]) / width), n_cells - 1)
+            code = table[cell]
+            while code < k - 1 and v > mids[code]:
+                code += 1
+            codes[g, t] = code
+            w = sw[g, t] if has_sw else 1.0
+            wsum[g, code] += w
+            xsum[g, code] += w * (v - center[g])
+
+
+@njit(**_NB)
+def _seg_cost(pc, ps, pq, a, b, c):
+    """Weighted squared distance of atoms ``[a, b)`` to the point ``c`` (centered coordinates)."""
+    if b <= a:
+        return 0.0
+    val = (pq[b] - pq[a]) - 2.0 * c * (ps[b] - ps[a]) + c * c * (pc[b] - pc[a])
+    return max(val, 0.0)
+
+
+@njit(**_NB)
+def _first_above(v, a, n, thr):
+    """Number of atoms among ``v[a:a+n]`` (sorted) that are <= ``thr``."""
+    lo_ = 0
+    hi_ = n
+    while lo_ < hi_:
+        m = (lo_ + hi_) // 2
+        if v[a + m] <= thr:
+            lo_ = m + 1
+        else:
+            hi_ = m
+    return lo_
+
+
+@njit(**_NB)
+def _potential(v, a, n, pc, ps, pq, cent, nc):
+    """Total weighted squared distance of the atoms to their nearest of the sorted ``cent[:nc]``."""
+    total = 0.0
+    start = 0
+    for j in range(nc):
+        stop = n if j == nc - 1 else _first_above(v, a, n, 0.5 * (cent[j] + cent[j + 1]))
+        total += _seg_cost(pc, ps, pq, start, stop, cent[j])
+        start = stop
+    return total
+
+
+@njit(**_NB)
+def _sample_atom(v, a, n, pc, ps, pq, cent, nc, u):
+    """Atom index drawn with probability proportional to its D**2 (``u`` uniform in [0, potential))."""
+    start = 0
+    for j in range(nc):
+        stop = n if j == nc - 1 else _first_above(v, a, n, 0.5 * (cent[j] + cent[j + 1]))
+        mass = _seg_cost(pc, ps, pq, start, stop, cent[j])
+        if u < mass or j == nc - 1:
+            lo_ = start  # smallest t in [start, stop) with cost(start, t + 1) > u
+            hi_ = stop - 1
+            while lo_ < hi_:
+                m = (lo_ + hi_) // 2
+                if _seg_cost(pc, ps, pq, start, m + 1, cent[j]) > u:
+                    hi_ = m
+                else:
+                    lo_ = m + 1
+            return max(lo_, 0)
+        u -= mass
+        start = stop
+    return n - 1
+
+
+@njit(**_NB)
+def _insert_sorted(cent, nc, val):
+    """Insert ``val`` into the sorted ``cent[:nc]``."""
+    p = nc
+    while p > 0 and cent[p - 1] > val:
+        cent[p] = cent[p - 1]
+        p -= 1
+    cent[p] = val
+
+
+@njit(**_NB)
+def _kmeanspp(v, a, n, pc, ps, pq, k, n_trials, uniforms, cent):
+    """Greedy k-means++ seeding (as scikit-learn's): per new centre, ``n_trials`` D**2-sampled
+    candidates, keep the one that lowers the potential most. ``uniforms`` supplies the randomness."""
+    total_c = pc[n]
+    u = uniforms[0] * total_c  # first centre: an atom drawn with probability ~ its weight
+    lo_ = 0
+    hi_ = n - 1
+    while lo_ < hi_:
+        m = (lo_ + hi_) // 2
+        if pc[m + 1] > u:
+            hi_ = m
+        else:
+            lo_ = m + 1
+    cent[0] = v[a + lo_]
+    nc = 1
+    r = 1
+    trial = np.empty(k, np.float64)
+    while nc < k:
+        phi = _potential(v, a, n, pc, ps, pq, cent, nc)
+        if phi <= 0.0:  # every atom sits on a centre: fill with copies (empty clusters)
+            for j in range(nc, k):
+                cent[j] = cent[nc - 1]
+            nc = k
+            break
+        best_phi = np.inf
+        best_val = 0.0
+        for _ in range(n_trials):
+            t = _sample_atom(v, a, n, pc, ps, pq, cent, nc, uniforms[r] * phi)
+            r += 1
+            cand = v[a + t]
+            trial[:nc] = cent[:nc]
+            _insert_sorted(trial, nc, cand)
+            p = _potential(v, a, n, pc, ps, pq, trial, nc + 1)
+            if p < best_phi:
+                best_phi = p
+                best_val = cand
+        _insert_sorted(cent, nc, best_val)
+        nc += 1
+
+
+@njit(**_NB)
+def _lloyd(v, a, n, pc, ps, pq, cent, k, max_iter, tol):
+    """Lloyd iterations on sorted atoms: each is k binary searches and k prefix-sum means.
+
+    Stops after ``max_iter`` (-1: no limit), when the partition no longer changes (a fixed point),
+    or when the squared error falls by less than ``tol`` times itself. Returns the iterations run.
+    """
+    bounds = np.empty(k + 1, np.int64)
+    old = np.full(k + 1, -1, np.int64)
+    err_prev = np.inf
+    it = 0
+    while max_iter < 0 or it < max_iter:
+        bounds[0] = 0
+        bounds[k] = n
+        for j in range(k - 1):
+            bounds[j + 1] = _first_above(v, a, n, 0.5 * (cent[j] + cent[j + 1]))
+        same = True
+        for j in range(k + 1):
+            if bounds[j] != old[j]:
+                same = False
+            old[j] = bounds[j]
+        if same:
+            break
+        err = 0.0
+        for j in range(k):
+            dc = pc[bounds[j + 1]] - pc[bounds[j]]
+            if dc > 0.0:
+                cent[j] = (ps[bounds[j + 1]] - ps[bounds[j]]) / dc
+            err += _seg_cost(pc, ps, pq, bounds[j], bounds[j + 1], cent[j])
+        cent[:k] = np.sort(cent[:k])
+        it += 1
+        if err_prev - err <= tol * err:
+            break
+        err_prev = err
+    return it
+
+
+@njit(**_NB)
+def kmeans_centroids(ptr, atom_v, atom_c, atom_s, atom_q, k, n_trials, uniforms, max_iter, tol, out, iters):
+    """k-means++ then Lloyd on every group's sorted atoms; ``uniforms`` is ``(n_groups, m)``."""
+    n_groups = ptr.size - 1
+    max_n = 0
+    for g in range(n_groups):
+        max_n = max(max_n, ptr[g + 1] - ptr[g])
+    pc = np.empty(max_n + 1, np.float64)
+    ps = np.empty(max_n + 1, np.float64)
+    pq = np.empty(max_n + 1, np.float64)
+    cent = np.empty(k + 1, np.float64)
+    for g in range(n_groups):
+        a = ptr[g]
+        n = ptr[g + 1] - a
+        _prefix(atom_c, atom_s, atom_q, a, a + n, pc, ps, pq)
+        _kmeanspp(atom_v, a, n, pc, ps, pq, k, n_trials, uniforms[g], cent)
+        iters[g] = _lloyd(atom_v, a, n, pc, ps, pq, cent, k, max_iter, tol)
+        out[g, :] = cent[:k]

@@ -1,0 +1,206 @@
+"""Codebook quantizers: ``linear`` (P1's equal-width bins), ``kmeans`` (k-means++ and Lloyd) and
+``optimal`` (globally least squared error, Wang & Song's dynamic program).
+
+Each works group by group on float64 copies of the values (float32 codebook out) and returns a
+:class:`QuantizedTensor`. 1-D clustering needs no distance matrix: ``kmeans`` sorts each group
+once, after which a Lloyd iteration is ``2**bits`` binary searches and prefix-sum means;
+``optimal`` runs its dynamic program on the sorted distinct values, or, for groups larger than
+:data:`HISTOGRAM_BINS`, on a fine histogram of them (one pass, no sort). The compiled loops live
+in :mod:`fewbits.quantize._kernels`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fewbits.errors import bad_param
+from fewbits.quantize import _kernels
+from fewbits.quantize.base import (QuantizedTensor, check_bits, check_sample_weight, check_weight,
+                                   resolve_group_size)
+
+#: Bins of the histogram ``optimal`` uses for large groups (and the group size above which
+#: ``mode="auto"`` uses it). A multiple of every ``2**bits``, so linear's bins are unions of them.
+HISTOGRAM_BINS = 1 << 16
+
+OPTIMAL_MODES = ("auto", "exact", "histogram")
+
+
+@dataclass
+class _Groups:
+    """Validated input as ``(n_groups, group_size)`` arrays, plus per-group range and center."""
+
+    shape: torch.Size
+    x: np.ndarray  # float32 or float64
+    sw: np.ndarray | None  # float64, same shape as x
+    lo: np.ndarray
+    hi: np.ndarray
+    center: np.ndarray
+
+    @property
+    def n_groups(self) -> int:
+        return self.x.shape[0]
+
+    def sw_arg(self) -> tuple[np.ndarray, bool]:
+        """The kernels' (sample_weight, has_sample_weight) pair."""
+        return (self.sw, True) if self.sw is not None else (np.ones((1, 1)), False)
+
+
+def _prepare(weight: torch.Tensor, bits: int, groups: int | str | None, group_size: int | None,
+             sample_weight: torch.Tensor | None, owner: str) -> _Groups:
+    """Validate everything, then lay the values out one group per row (no copy when possible)."""
+    check_bits(bits, owner)
+    w = check_weight(weight, owner)
+    gs = resolve_group_size(w.shape, groups, group_size, owner)
+    sw_t = check_sample_weight(sample_weight, w, owner)
+    w = w.cpu()
+    if w.dtype not in (torch.float32, torch.float64):
+        w = w.float()
+    x = w.contiguous().numpy().reshape(-1, gs)
+    sw = None
+    if sw_t is not None:
+        sw = sw_t.cpu().contiguous().numpy().reshape(-1, gs)
+        dead = sw.sum(axis=1) <= 0
+        if dead.any():
+            warnings.warn(f"{owner}: {int(dead.sum())} of {sw.shape[0]} groups have all sample_weight zero; "
+                          "those groups use uniform weights.", UserWarning, stacklevel=3)
+            sw = sw.copy()
+            sw[dead] = 1.0
+    lo = x.min(axis=1).astype(np.float64)
+    hi = x.max(axis=1).astype(np.float64)
+    return _Groups(w.shape, x, sw, lo, hi, (lo + hi) / 2)
+
+
+def _result(data: _Groups, codes: np.ndarray, codebook: np.ndarray, bits: int, scheme: str) -> QuantizedTensor:
+    return QuantizedTensor(codes=torch.from_numpy(codes).reshape(data.shape),
+                           codebook=torch.from_numpy(codebook.astype(np.float32)), bits=bits, scheme=scheme)
+
+
+def _assign(data: _Groups, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nearest-centroid codes (centroids sorted, centered), each code's weight and centered sum."""
+    k = centroids.shape[1]
+    codes = np.empty(data.x.shape, np.uint8)
+    wsum = np.zeros((data.n_groups, k))
+    xsum = np.zeros((data.n_groups, k))
+    sw, has_sw = data.sw_arg()
+    _kernels.assign(data.x, sw, has_sw, centroids, data.lo, data.hi, data.center, codes, wsum, xsum)
+    return codes, wsum, xsum
+
+
+def _sorted_atoms(data: _Groups) -> tuple[np.ndarray, ...]:
+    """Each group sorted once and run-length encoded: (ptr, value, weight, w*x, w*x**2), centered."""
+    if data.sw is None:
+        xs, sws = np.sort(data.x, axis=1), np.ones((1, 1))
+    else:
+        order = np.argsort(data.x, axis=1, kind="stable")
+        xs, sws = np.take_along_axis(data.x, order, 1), np.take_along_axis(data.sw, order, 1)
+    n = data.x.size
+    ptr = np.empty(data.n_groups + 1, np.int64)
+    v, c, s, q = (np.empty(n) for _ in range(4))
+    _kernels.sorted_atoms(xs, sws, data.sw is not None, data.center, ptr, v, c, s, q)
+    m = ptr[-1]
+    return ptr, v[:m], c[:m], s[:m], q[:m]
+
+
+def _histogram_atoms(data: _Groups, n_bins: int) -> tuple[np.ndarray, ...]:
+    """Each group's non-empty bins of an ``n_bins`` equal-width histogram, as atoms (one pass)."""
+    size = data.n_groups * min(n_bins, data.x.shape[1])
+    ptr = np.empty(data.n_groups + 1, np.int64)
+    v, c, s, q = (np.empty(size) for _ in range(4))
+    sw, has_sw = data.sw_arg()
+    _kernels.histogram_atoms(data.x, sw, has_sw, data.lo, data.hi, n_bins, data.center, ptr, v, c, s, q)
+    m = ptr[-1]
+    return ptr, v[:m], c[:m], s[:m], q[:m]
+
+
+def linear(weight: torch.Tensor, bits: int, *, groups: int | str | None = None,
+           group_size: int | None = None) -> QuantizedTensor:
+    """P1's linear scheme: ``2**bits`` equal-width bins over each group's [min, max].
+
+    A weight ``v`` gets code ``min(floor((v - min) / w), 2**bits - 1)`` with
+    ``w = (max - min) / 2**bits``; a bin's codebook value is the MEAN of the weights in it, and the
+    bin centre ``min + (j + 1/2) * w`` when the bin is empty. A constant group has zero error.
+    Example: ``qt = linear(w, 3, groups=128)``.
+    """
+    data = _prepare(weight, bits, groups, group_size, None, "linear")
+    k = 1 << bits
+    codes = np.empty(data.x.shape, np.uint8)
+    wsum = np.zeros((data.n_groups, k))
+    xsum = np.zeros((data.n_groups, k))
+    _kernels.linear_codes(data.x, data.lo, data.hi, bits, codes, wsum, xsum, data.center)
+    width = (data.hi - data.lo) / k
+    centres = data.lo[:, None] + (np.arange(k) + 0.5) * width[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = xsum / wsum + data.center[:, None]
+    return _result(data, codes, np.where(wsum > 0, means, centres), bits, "linear")
+
+
+def n_local_trials(bits: int) -> int:
+    """Candidates tried per new centre by greedy k-means++ (scikit-learn's ``2 + log(k)``)."""
+    return 2 + int(math.log(1 << bits))
+
+
+def kmeans(weight: torch.Tensor, bits: int, *, groups: int | str | None = None, group_size: int | None = None,
+           sample_weight: torch.Tensor | None = None, max_iter: int | None = 3, tol: float = 1e-6,
+           seed: int = 0) -> QuantizedTensor:
+    """k-means with ``2**bits`` centroids per group: greedy k-means++ seeding, then Lloyd iterations.
+
+    Seeding draws ``n_local_trials(bits)`` candidates per centre with probability proportional to
+    the (sample_weight-weighted) squared distance to the nearest chosen centre and keeps the best,
+    using ``numpy.random.default_rng(seed)``: same seed, same result. Lloyd runs at most
+    ``max_iter`` iterations (P1 uses 3; ``None``: until convergence) and stops early at a fixed
+    point or when the squared error falls by less than ``tol`` times itself. Codes are the nearest
+    final centroid; the codebook holds the final centroids. ``sample_weight`` (finite, >= 0, the
+    weight's shape) weights the squared error, e.g. by Fisher information.
+    Example: ``qt = kmeans(w, 2, max_iter=None, sample_weight=fisher)``.
+    """
+    if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0):
+        raise bad_param("max_iter", "a non-negative int or None (until convergence)", max_iter, "kmeans")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0 or not math.isfinite(tol):
+        raise bad_param("tol", "a finite float >= 0", tol, "kmeans")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise bad_param("seed", "a non-negative int", seed, "kmeans")
+    data = _prepare(weight, bits, groups, group_size, sample_weight, "kmeans")
+    k = 1 << bits
+    trials = n_local_trials(bits)
+    uniforms = np.random.default_rng(seed).random((data.n_groups, 1 + (k - 1) * trials))
+    ptr, v, c, s, q = _sorted_atoms(data)
+    centroids = np.empty((data.n_groups, k))
+    iters = np.zeros(data.n_groups, np.int64)
+    _kernels.kmeans_centroids(ptr, v, c, s, q, k, trials, uniforms, -1 if max_iter is None else max_iter,
+                              float(tol), centroids, iters)
+    codes, _, _ = _assign(data, centroids)
+    return _result(data, codes, centroids + data.center[:, None], bits, "kmeans")
+
+
+def optimal(weight: torch.Tensor, bits: int, *, groups: int | str | None = None, group_size: int | None = None,
+            sample_weight: torch.Tensor | None = None, mode: str = "auto") -> QuantizedTensor:
+    """Globally optimal 1-D k-means: the ``2**bits`` codebook of least (weighted) squared error.
+
+    ``mode="exact"``: Wang & Song's dynamic program (Ckmeans.1d.dp) over each group's sorted
+    distinct values, row minima by divide and conquer: O(2**bits * n log n) time and
+    ``4 * 2**bits * n`` bytes for the back-pointers; provably optimal. ``mode="histogram"``: the
+    same program over the non-empty bins of a :data:`HISTOGRAM_BINS`-bin equal-width histogram
+    (one pass, no sort): optimal among partitions at bin edges, which include linear's, so never
+    worse than ``linear``; then one exact Lloyd step (codes = nearest centroid, codebook = mean of
+    its weights) which can only lower the error. Its measured gap to the exact optimum is in
+    BENCHMARKS.md. ``mode="auto"``: exact for groups of at most ``HISTOGRAM_BINS`` values, else
+    histogram. Example: ``qt = optimal(w, 3)``; ``optimal(w, 2, groups="channel", mode="exact")``.
+    """
+    if mode not in OPTIMAL_MODES:
+        raise bad_param("mode", f"one of {OPTIMAL_MODES}", mode, "optimal")
+    data = _prepare(weight, bits, groups, group_size, sample_weight, "optimal")
+    k = 1 << bits
+    if mode == "auto":
+        mode = "exact" if data.x.shape[1] <= HISTOGRAM_BINS else "histogram"
+    ptr, v, c, s, q = _sorted_atoms(data) if mode == "exact" else _histogram_atoms(data, HISTOGRAM_BINS)
+    centroids = np.empty((data.n_groups, k))
+    _kernels.optimal_centroids(ptr, v, c, s, q, k, centroids)
+    codes, wsum, xsum = _assign(data, centroids)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        codebook = np.where(wsum > 0, xsum / wsum, centroids)
+    return _result(data, codes, codebook + data.center[:, None], bits, "optimal")
