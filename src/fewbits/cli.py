@@ -18,6 +18,7 @@ from fewbits.errors import FewbitsError
 VERBS: dict[str, tuple[str, str]] = {
     "demo": ("fewbits.commands.demo", "quantize the offline default model with every scheme and print the table"),
     "info": ("fewbits.commands.info", "show an artifact's per-layer bits, sizes, true bits per weight and ratio to FP32"),
+    "qat": ("fewbits.commands.qat", "quantization-aware training: STE phase, then ste/msqe/fisher/kd from its checkpoint"),
     "mask": ("fewbits.commands.mask", "learn a task's binary mask over a frozen shared base; save only mask + head"),
     "landscape": ("fewbits.commands.landscape", "2-D loss surfaces along filter-normalized directions, paraboloid curvature"),
     "hessian": ("fewbits.commands.hessian", "Hessian trace (Hutchinson), top eigenvalue and the softmax temperature bound"),
