@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from conftest import PlainNet, bert_model, bin_quantizer, nudge_codebooks
+from _io_helpers import PlainNet, bert_model, bin_quantizer, nudge_codebooks
 from torch import nn
 from torch.nn.utils import parametrize
 

@@ -9,7 +9,7 @@ import struct
 
 import pytest
 import torch
-from conftest import bert_model, bin_quantizer
+from _io_helpers import bert_model, bin_quantizer
 
 import fewbits
 from fewbits.errors import ArtifactError
@@ -137,7 +137,7 @@ def test_unknown_transformers_class(artifact):
 
 
 def test_loading_into_a_model_of_another_size(tmp_path):
-    from conftest import PlainNet
+    from _io_helpers import PlainNet
     from torch import nn
 
     model = PlainNet()
@@ -151,7 +151,7 @@ def test_loading_into_a_model_of_another_size(tmp_path):
 
 
 def test_failed_load_never_half_fills_a_given_model(tmp_path):
-    from conftest import PlainNet
+    from _io_helpers import PlainNet
 
     model = PlainNet()
     fewbits.compress(model, bin_quantizer, 2, targets=["body"])

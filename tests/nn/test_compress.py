@@ -124,22 +124,49 @@ def test_cnn_default_compresses_the_hidden_linear_only(cnn, quantizer):
     assert [r.name for r in reports] == ["conv2d", "conv1d"]
 
 
-def test_uses_the_dispatcher_for_scheme_names(cnn, monkeypatch):
+def test_scheme_names_use_the_quantizers_with_their_keywords(cnn, monkeypatch):
     import fewbits.quantize as q
 
     calls = []
 
-    def fake(weight, scheme, bits, **kw):
-        calls.append((scheme, bits, kw))
-        return QuantizedTensor(torch.zeros(weight.shape, dtype=torch.uint8), torch.zeros(1, 1 << bits), bits, scheme)
+    def fake(weight, bits, *, groups=None, group_size=None, sample_weight=None, max_iter=3, seed=0):
+        calls.append((bits, group_size, sample_weight, max_iter, seed))
+        return QuantizedTensor(torch.zeros(weight.shape, dtype=torch.uint8), torch.zeros(1, 1 << bits), bits, "fake")
 
-    monkeypatch.setattr(q, "SCHEMES", {"kmeans": None}, raising=False)
-    monkeypatch.setattr(q, "quantize", fake, raising=False)
+    monkeypatch.setitem(q.SCHEMES, "fake", fake)
     sw = torch.rand(16, 64)
-    compress(cnn, "kmeans", 3, sample_weights={"hidden": sw}, seed=7, max_iter=5)
-    (scheme, bits, kw), = calls
-    assert (scheme, bits, kw["seed"], kw["max_iter"], kw["group_size"]) == ("kmeans", 3, 7, 5, 1024)
-    assert torch.equal(kw["sample_weight"], sw.double())
+    compress(cnn, "fake", 3, sample_weights={"hidden": sw}, seed=7, max_iter=5)
+    (bits, group_size, sample_weight, max_iter, seed), = calls
+    assert (bits, group_size, max_iter, seed) == (3, 1024, 5, 7)
+    assert torch.equal(sample_weight, sw.double())
+
+
+@pytest.mark.parametrize("scheme", ["linear", "kmeans", "optimal", "uniform"])
+def test_every_scheme_compresses_the_tiny_bert(bert, scheme):
+    from fewbits.quantize import quantize
+
+    weight = bert.bert.pooler.dense.weight.detach().clone()
+    reports = compress(bert, scheme, 2, groups="channel")
+    assert len(reports) == 16 and {r.scheme for r in reports} == {scheme}
+    expected = quantize(weight, scheme, 2, groups="channel")
+    assert torch.equal(bert.bert.pooler.dense.weight, expected.dequantize())
+    assert all(r.n_groups == r.shape[0] for r in reports)
+
+
+def test_scheme_keywords_are_checked_before_anything_changes(bert):
+    with pytest.raises(FewbitsValueError, match="max_iter"):
+        compress(bert, "linear", 2, max_iter=5)  # a kmeans keyword
+    with pytest.raises(FewbitsValueError, match="sample_weights"):
+        compress(bert, "linear", 2, sample_weights={"bert.pooler.dense": torch.ones(32, 32)})
+    assert codebook_modules(bert) == {}
+    compress(bert, "linear", 2, seed=3)  # the seed is simply not given to a scheme without randomness
+
+
+def test_kmeans_seed_makes_compression_reproducible(cnn):
+    twin = copy.deepcopy(cnn)
+    a = compress(cnn, "kmeans", 2, seed=1)
+    b = compress(twin, "kmeans", 2, seed=1)
+    assert a == b and torch.equal(cnn.hidden.weight, twin.hidden.weight)
 
 
 def test_tied_weights_share_one_codebook_and_are_retied_by_decompress(quantizer):

@@ -55,9 +55,12 @@ def _check_saveable(model: nn.Module) -> dict[str, tuple[nn.Module, Codebook]]:
         for tensor_name, plist in module.parametrizations.items():
             kinds = [type(p).__name__ for p in plist]
             if tensor_name != "weight" or kinds != ["Codebook"]:
+                hint = (" Masks are saved apart, as a task mask artifact (fewbits.io.mask_codec."
+                        "write_mask_artifact, as `fewbits mask` does), over a base saved without them."
+                        if "Mask" in kinds else "")
                 raise FewbitsValueError(
-                    f"fewbits.save cannot store the parametrization {kinds} on {name}.{tensor_name} yet (only "
-                    "Codebook); call fewbits.decompress(model) and compress again, or remove it first.")
+                    f"fewbits.save stores only Codebook parametrizations; {name}.{tensor_name} carries {kinds}. "
+                    f"Remove the others first.{hint}")
     return found
 
 

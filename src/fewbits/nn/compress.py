@@ -6,6 +6,7 @@ error never leaves a model half converted.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -50,11 +51,22 @@ def _resolve_quantizer(scheme: str | Quantizer) -> tuple[str, Quantizer]:
     """A scheme name from ``fewbits.quantize.SCHEMES``, or any callable returning a QuantizedTensor."""
     if callable(scheme):
         return getattr(scheme, "__name__", "custom"), scheme
-    from fewbits.quantize import SCHEMES, quantize
+    from fewbits.quantize import SCHEMES
 
     if not isinstance(scheme, str) or scheme not in SCHEMES:
         raise bad_param("scheme", f"one of {sorted(SCHEMES)} or a callable", scheme, "compress")
-    return scheme, lambda weight, bits, **kw: quantize(weight, scheme, bits, **kw)
+    return scheme, SCHEMES[scheme]
+
+
+def _keywords(quantizer: Quantizer) -> set[str] | None:
+    """Keyword arguments the quantizer accepts; None when it takes ``**kwargs`` (anything goes)."""
+    try:
+        params = inspect.signature(quantizer).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
 
 
 def _weight_groups(model: nn.Module, selected: list[str], excluded: set[str]) -> list[list[str]]:
@@ -112,11 +124,12 @@ def compress(
     Each target's weight becomes frozen ``codes`` plus a trainable ``codebook`` (see
     :class:`~fewbits.nn.Codebook`); the FP32 values are freed. ``scheme`` names a quantizer of
     ``fewbits.quantize`` (``linear``, ``kmeans``, ``optimal``, ``uniform``) or is a callable
-    ``f(weight, bits, *, groups, group_size, **kw) -> QuantizedTensor``. ``groups``/``group_size``
+    ``f(weight, bits, *, group_size, **kw) -> QuantizedTensor``. ``groups``/``group_size``
     as in the quantizers (``groups=128``: P1's group-wise). ``targets``/``exclude``: see
     :mod:`fewbits.nn.targets` (default: Embeddings and fully connected layers, not the head).
-    ``sample_weights`` maps target names to per-weight importances. ``seed`` is passed to
-    schemes that draw random numbers (``None``: not passed). Modules sharing one weight
+    ``sample_weights`` maps target names to per-weight importances. ``seed`` goes to the
+    schemes that draw random numbers (kmeans). ``scheme_kw`` go to the scheme (e.g. ``max_iter``
+    for kmeans, ``mode`` for optimal). Modules sharing one weight
     (tied embeddings) share one codebook.
 
     Example: ``reports = compress(model, "kmeans", bits=3, exclude=["position_embeddings"])``.
@@ -155,9 +168,18 @@ def compress(
         sw = check_sample_weight(importance.get(group[0]), weight, owner)
         plans.append((group, weight, gs, sw))
 
+    accepted = _keywords(quantizer)
     kw = dict(scheme_kw)
-    if seed is not None:
-        kw["seed"] = seed
+    if accepted is not None:
+        unknown = sorted(set(kw) - accepted)
+        if unknown:
+            raise bad_param("scheme_kw", f"keywords of the {name!r} scheme among {sorted(accepted - {'weight', 'bits'})}",
+                            unknown, "compress")
+        if importance and "sample_weight" not in accepted:
+            raise bad_param("sample_weights", f"None: the {name!r} scheme does not weight weights by importance "
+                            "(kmeans and optimal do)", sorted(importance), "compress")
+    if seed is not None and (accepted is None or "seed" in accepted):
+        kw["seed"] = seed  # only schemes that draw random numbers take a seed
     quantized: list[QuantizedTensor] = []
     from tqdm.auto import tqdm
 
