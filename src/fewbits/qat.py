@@ -32,7 +32,7 @@ from fewbits.errors import FewbitsTypeError, FewbitsValueError, bad_param
 from fewbits.models import forward_batch
 from fewbits.nn.activations import CHILD_NAME as ACTIVATION_CHILD
 from fewbits.nn.activations import activation_quantizers, add_activation_quantizer
-from fewbits.nn.ste import STEQuantize, binary, latent_weight, ste_modules
+from fewbits.nn.ste import STEQuantize, latent_weight, ste_modules
 from fewbits.nn.targets import candidate_names, register_weight_parametrization, select_targets
 from fewbits.quantize.base import MAX_BITS, QuantizedTensor
 from fewbits.quantize.uniform import uniform
@@ -314,18 +314,14 @@ def run_second_phase(model: nn.Module, task: Task, config: TrainConfig, spec: QA
 
 
 def ste_codebook(module: nn.Module, quantizer: STEQuantize) -> QuantizedTensor:
-    """The layer's quantized weight Q(w) as codes + codebook (one codebook row per channel, or per tensor).
+    """The layer's quantized weight Q(w) as codes + codebook (one row per channel, or per tensor).
 
-    Bits >= 2: :func:`fewbits.quantize.uniform.uniform` on the latent weight (its codebook rebuilds
-    exactly what the STE forward pass uses). 1 bit: codes ``w >= 0``, codebook ``[-a, +a]``.
+    :func:`fewbits.quantize.uniform.uniform` on the latent weight: its codebook rebuilds exactly the
+    values the STE forward pass uses.
     """
     w = latent_weight(module).detach().float()
     groups = "channel" if quantizer.per_channel and w.dim() >= 2 else None
-    if quantizer.bits > 1:
-        return uniform(w, quantizer.bits, symmetric=quantizer.symmetric, groups=groups)
-    q = binary(w, quantizer.per_channel)
-    a = q.abs().reshape(q.shape[0] if groups else 1, -1)[:, :1]  # (n_groups, 1)
-    return QuantizedTensor((w >= 0).to(torch.uint8), torch.cat([-a, a], dim=1).contiguous(), 1, "binary")
+    return uniform(w, quantizer.bits, symmetric=quantizer.symmetric, groups=groups)
 
 
 def _plain_copy(model: nn.Module) -> nn.Module:

@@ -7,15 +7,13 @@ weight and returns the quantized weight Q(w). The backward pass is the identity 
 straight-through estimator), so the latent weight's gradient is exactly the gradient of the loss
 with respect to the weight, evaluated at the quantized point Q(w).
 
-Grids:
-
-* ``bits >= 2``: the uniform quantizer of :mod:`fewbits.quantize.uniform` (``uniform_scale`` then
-  ``fake_quantize``), per tensor or per output channel (``per_channel=True``, the default).
-  Symmetric by default: the mid-rise grid ``(k + 1/2) * scale`` whose outer levels are
-  ``+-max|w|`` (2 bits: ``{-1, -1/3, 1/3, 1} * max|w|``; zero is not a level); ``symmetric=False``:
-  ``2**bits`` levels from ``min(w, 0)`` to ``max(w, 0)`` with zero exactly a level.
-* ``bits == 1``: binary, ``{-a, +a}`` with ``a = mean(|w|)`` over the tensor or the output channel
-  (the L2-optimal scale for sign(w), as XNOR-Net); ``w == 0`` maps to ``+a``.
+Grid: the uniform quantizer of :mod:`fewbits.quantize.uniform` (``uniform_scale`` then
+``fake_quantize``), per output channel (``per_channel=True``, the default) or per tensor.
+Symmetric by default, the mid-rise grid ``(k + 1/2) * scale``: its outer levels are ``+-max|w|``
+(2 bits: ``{-1, -1/3, 1/3, 1} * max|w|``; zero is not a level), and 1 bit is binary,
+``{-a, +a}`` with ``a = mean|w|`` (the least-squares scale of sign(w), as XNOR-Net), ``w = 0``
+going to ``+a``. ``symmetric=False``: ``2**bits`` levels from ``min(w, 0)`` to ``max(w, 0)`` with
+zero exactly a level.
 
 Full precision (32 bits) means no parametrization at all: see :func:`fewbits.qat.prepare_qat`.
 """
@@ -32,7 +30,7 @@ from fewbits.nn.targets import find_parametrizations
 from fewbits.quantize.base import MAX_BITS, check_bits
 from fewbits.quantize.uniform import fake_quantize, uniform_scale
 
-__all__ = ["STEQuantize", "binary", "latent_weight", "ste_modules"]
+__all__ = ["STEQuantize", "latent_weight", "ste_modules"]
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -45,16 +43,6 @@ class _StraightThrough(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad, None
-
-
-def binary(weight: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
-    """1-bit grid: ``a * sign(w)`` with ``a = mean(|w|)`` per output channel (or tensor); sign(0) = +1."""
-    w = weight.detach()
-    if per_channel and w.dim() >= 2:
-        a = w.abs().reshape(w.shape[0], -1).mean(dim=1).reshape((-1,) + (1,) * (w.dim() - 1))
-    else:
-        a = w.abs().mean()
-    return torch.where(w >= 0, a, -a).to(w.dtype)
 
 
 class STEQuantize(nn.Module):
@@ -83,8 +71,6 @@ class STEQuantize(nn.Module):
     @torch.no_grad()
     def quantize(self, weight: torch.Tensor) -> torch.Tensor:
         """Q(weight) without gradient: the grid point each weight is sent to."""
-        if self.bits == 1:
-            return binary(weight, self.per_channel)
         groups = "channel" if self.per_channel and weight.dim() >= 2 else None
         scale, zero_point = uniform_scale(weight, self.bits, symmetric=self.symmetric, groups=groups)
         return fake_quantize(weight, self.bits, scale, zero_point, symmetric=self.symmetric)
