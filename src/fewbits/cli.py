@@ -22,6 +22,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "mask": ("fewbits.commands.mask", "learn a task's binary mask over a frozen shared base; save only mask + head"),
     "landscape": ("fewbits.commands.landscape", "2-D loss surfaces along filter-normalized directions, paraboloid curvature"),
     "hessian": ("fewbits.commands.hessian", "Hessian trace (Hutchinson), top eigenvalue and the softmax temperature bound"),
+    "sweep": ("fewbits.commands.sweep", "run a recipe's grid (TOML) once per run: resumable, shardable (--shard i/n)"),
+    "report": ("fewbits.commands.report", "Markdown report + plots of a results folder, beside the papers' numbers"),
 }
 
 

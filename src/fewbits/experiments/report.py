@@ -1,0 +1,487 @@
+"""The report of a results folder: our numbers beside the papers', in the papers' table layouts, with plots and
+a verdict on every claim.
+
+- P1 (recipes with ``paper = "P1"``): per model, rows scheme x bits (FP32 first), columns tasks and their
+  average (GLUE's convention: MRPC/QQP average accuracy and F1, STS-B Pearson and Spearman; WNLI is left out
+  of the average as in the paper), and the paper's GLUE average beside it.
+- P2: per task, rows A/W, columns STE/MSQE/Fisher/KD with the paper's ResNet-18 figure in parentheses; the
+  fitted Hessian trace in the same layout; the KD temperature sweep; accuracy against trace.
+- P3: per model and task, columns weights / structure / structure on 8, 4, 2, 1-bit weights and the label
+  prior, with the paper's bert-base MRPC row.
+
+Cells are mean +- sd over seeds (sd with ddof 1). Scores are in percent for P1/P2 and fractions for P3, as
+each paper prints them. Runs of recipes without a paper are listed as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fewbits.errors import FewbitsValueError
+from fewbits.experiments.claims import (P1_REFERENCE, P1_REFERENCE_DEFAULT, P2_METHODS, P2_PAPER_T, P2_REFERENCE,
+                                        P2_TEACHER, P3_COLUMNS, P3_REFERENCE, Stat, Verdict, p1_claims, p2_claims,
+                                        p3_claims)
+from fewbits.experiments.store import SWEEP_LOG, Store
+
+GLUE_PAIRS = {"glue/mrpc": ("accuracy", "f1"), "glue/qqp": ("accuracy", "f1"), "glue/stsb": ("pearson", "spearman")}
+LEFT_OUT_OF_AVERAGE = ("glue/wnli",)
+
+
+def task_score(task: str, stage: Mapping[str, Any], key: str = "metrics") -> float | None:
+    """The one number a task contributes (a fraction): GLUE's pair average or the main metric; None if absent."""
+    metrics = stage.get(key) or {}
+    names = GLUE_PAIRS.get(task, (stage.get("main_metric"),))
+    values = [metrics.get(n) for n in names]
+    if not values or any(not isinstance(v, (int, float)) for v in values):
+        return None
+    return float(sum(values) / len(values))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", str(text)).strip("-")
+
+
+def _cell(stat: Stat | None, scale: float = 100.0, digits: int = 1) -> str:
+    if stat is None:
+        return "–"
+    mean = f"{scale * stat.mean:.{digits}f}"
+    return f"{mean} ± {scale * stat.sd:.{digits}f}" if stat.n > 1 else mean
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _stats(groups: Mapping[Any, Mapping[Any, float]]) -> dict[Any, Stat]:
+    """``{key: {seed-or-id: value}}`` -> ``{key: Stat}``."""
+    return {k: Stat.of(list(v.values())) for k, v in groups.items() if v}
+
+
+@dataclass
+class Section:
+    """One paper's part of the report: Markdown, plots written, verdicts."""
+
+    markdown: str
+    plots: list[Path] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
+# --- P1 -----------------------------------------------------------------------------------------------------
+
+def p1_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str) -> Section:
+    """Tables, plot and verdicts of P1's runs."""
+    cells: dict[tuple, dict[int, float]] = defaultdict(dict)  # (model, scheme, bits, task) -> {seed: score}
+    fp32: dict[tuple, dict[str, float]] = defaultdict(dict)  # (model, task) -> {finetune key: score}
+    before: dict[tuple, dict[int, float]] = defaultdict(dict)  # scores right after quantization, no fine-tuning
+    prior: dict[tuple, float] = {}
+    for r in results:
+        c, stages = r["config"], r["stages"]
+        model, task, seed = c["model"], c["task"], c.get("seed", 0)
+        final = stages.get("finetune_quantized") or stages.get("quantize")
+        if final is None or "quantize" not in c:
+            continue
+        key = (model, c["quantize"]["scheme"], c["quantize"]["bits"], task)
+        if (score := task_score(task, final)) is not None:
+            cells[key][seed] = score
+        if "finetune_quantized" in stages and (score := task_score(task, stages["quantize"])) is not None:
+            before[key][seed] = score
+        if "finetune" in stages:
+            if (score := task_score(task, stages["finetune"])) is not None:
+                fp32[(model, task)][stages["finetune"]["key"]] = score
+            if (p := task_score(task, stages["finetune"], "prior_metrics")) is not None:
+                prior[(model, task)] = p
+    cell_stats, fp32_stats, before_stats = _stats(cells), _stats(fp32), _stats(before)
+    models = sorted({k[0] for k in cells})
+    avg: dict[tuple, Stat] = {}
+    out = ["## P1: linear vs k-means (and optimal) quantization, then fine-tuning the codebooks", ""]
+    plots = []
+    for model in models:
+        tasks = sorted({k[3] for k in cells if k[0] == model})
+        averaged = [t for t in tasks if t not in LEFT_OUT_OF_AVERAGE]
+        rows_keys = sorted({(k[1], k[2]) for k in cells if k[0] == model}, key=lambda sb: (sb[0], -sb[1]))
+        for scheme, bits in rows_keys:
+            seeds = set.intersection(*(set(cells.get((model, scheme, bits, t), {})) for t in averaged))
+            if seeds:
+                avg[(model, scheme, bits)] = Stat.of([sum(cells[(model, scheme, bits, t)][s] for t in averaged)
+                                                      / len(averaged) for s in sorted(seeds)])
+        ref_model = model if model in P1_REFERENCE else P1_REFERENCE_DEFAULT
+        ref = P1_REFERENCE[ref_model]
+        header = ["scheme", "bits", *tasks, "average", f"paper average ({ref_model}, GLUE)"]
+        fp_avg = [fp32_stats[(model, t)].mean for t in averaged if (model, t) in fp32_stats]
+        rows = [["FP32", "32", *[_cell(fp32_stats.get((model, t))) for t in tasks],
+                 f"{100 * sum(fp_avg) / len(fp_avg):.1f}" if len(fp_avg) == len(averaged) and fp_avg else "–",
+                 f"{ref['fp32'][32]:.1f}"]]
+        for scheme, bits in rows_keys:
+            paper = ref.get(scheme, {}).get(bits)
+            rows.append([scheme, str(bits), *[_cell(cell_stats.get((model, scheme, bits, t))) for t in tasks],
+                         _cell(avg.get((model, scheme, bits))), "–" if paper is None else f"{paper:.1f}"])
+        seeds_n = max((s.n for k, s in cell_stats.items() if k[0] == model), default=0)
+        out += [f"### {model}", "",
+                f"Score after fine-tuning the quantized model (percent; mean ± sd over up to {seeds_n} seeds). "
+                f"The paper's column is {ref_model}'s GLUE average"
+                + ("" if model == ref_model else ", shown for scale: a different model and tasks") + ".", "",
+                _table(header, rows), ""]
+        if before_stats:
+            brows = [[s, str(b), *[_cell(before_stats.get((model, s, b, t))) for t in tasks]] for s, b in rows_keys]
+            out += ["Right after quantization, before fine-tuning:", "",
+                    _table(["scheme", "bits", *tasks], brows), ""]
+        plots.append(_p1_plot(model, tasks, rows_keys, cell_stats, avg, fp32_stats, ref, ref_model,
+                              plots_dir / f"p1-{_slug(model)}.png"))
+        out += [f"![P1 {model}]({link}/{plots[-1].name})", ""]
+    verdicts = p1_claims(avg, cell_stats, prior)
+    return Section("\n".join(out), plots, verdicts)
+
+
+def _p1_plot(model: str, tasks: list[str], rows_keys: list[tuple[str, int]], cells: Mapping[tuple, Stat],
+             avg: Mapping[tuple, Stat], fp32: Mapping[tuple, Stat], ref: Mapping[str, Mapping[int, float]],
+             ref_model: str, path: Path) -> Path:
+    plt = _plt()
+    panels = [*tasks, "average"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for scheme in sorted({s for s, _ in rows_keys}):
+            bits = sorted(b for s, b in rows_keys if s == scheme)
+            stats = [(b, avg.get((model, scheme, b)) if panel == "average" else cells.get((model, scheme, b, panel)))
+                     for b in bits]
+            stats = [(b, s) for b, s in stats if s is not None]
+            if stats:
+                line = ax.errorbar([b for b, _ in stats], [100 * s.mean for _, s in stats],
+                                   yerr=[100 * s.sd for _, s in stats], marker="o", capsize=3, label=scheme)
+                if panel == "average" and scheme in ref:
+                    ax.plot(sorted(ref[scheme]), [ref[scheme][b] for b in sorted(ref[scheme])], ls=":",
+                            color=line[0].get_color(), label=f"{scheme} (paper, {ref_model})")
+        if panel != "average" and (model, panel) in fp32:
+            ax.axhline(100 * fp32[(model, panel)].mean, color="gray", ls="--", label="FP32")
+        ax.set_title(panel)
+        ax.set_xlabel("bits")
+        ax.set_ylabel("score (%)")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"P1: {model}")
+    return _save(fig, path)
+
+
+# --- P2 -----------------------------------------------------------------------------------------------------
+
+def _aw(config: Mapping[str, Any]) -> str:
+    return f"{config['ste']['abits']}/{config['ste']['wbits']}"
+
+
+def p2_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str) -> Section:
+    """Tables, plots and verdicts of P2's runs."""
+    acc: dict[tuple, dict[int, float]] = defaultdict(dict)  # (task, A/W, method) at the main T -> {seed: acc}
+    trace: dict[tuple, dict[int, float]] = defaultdict(dict)
+    sweep_acc: dict[tuple, dict[int, float]] = defaultdict(dict)  # KD: (task, A/W, T) -> {seed: acc}
+    sweep_trace: dict[tuple, dict[int, float]] = defaultdict(dict)
+    teacher: dict[str, dict[str, float]] = defaultdict(dict)
+    points = []  # (task, method, T, accuracy, trace) of every run with a landscape
+    for r in results:
+        c, stages = r["config"], r["stages"]
+        if "regularize" not in stages or "ste" not in c:
+            continue
+        task, seed, aw = c["task"], c.get("seed", 0), _aw(c)
+        method, T = c["regularize"]["method"], float(c["regularize"]["temperature"])
+        score = task_score(task, stages["regularize"])
+        tr = stages.get("landscape", {}).get("hessian", {}).get("trace", {}).get("mean")
+        if score is None:
+            continue
+        if method != "kd" or T == P2_PAPER_T:
+            acc[(task, aw, method)][seed] = score
+            if tr is not None:
+                trace[(task, aw, method)][seed] = tr
+        if method == "kd":
+            sweep_acc[(task, aw, T)][seed] = score
+            if tr is not None:
+                sweep_trace[(task, aw, T)][seed] = tr
+        if tr is not None:
+            points.append((task, method, T, score, tr))
+        if "finetune" in stages and (s := task_score(task, stages["finetune"])) is not None:
+            teacher[task][stages["finetune"]["key"]] = s
+    acc_s, trace_s, sacc_s, strace_s = _stats(acc), _stats(trace), _stats(sweep_acc), _stats(sweep_trace)
+    out = ["## P2: STE vs MSQE vs Fisher vs KD at the paper's A/W bit pairs", ""]
+    plots: list[Path] = []
+    for task in sorted({k[0] for k in acc_s} | {k[0] for k in sacc_s}):
+        pairs = sorted({k[1] for k in acc_s if k[0] == task} | {k[1] for k in sacc_s if k[0] == task},
+                       key=lambda aw: tuple(-int(x) for x in aw.split("/")))
+        t_stat = Stat.of(list(teacher[task].values())) if teacher.get(task) else None
+
+        def ref_of(aw: str) -> tuple[str, dict[str, float]]:
+            source = task if task in P2_REFERENCE else next((t for t in P2_REFERENCE if aw in P2_REFERENCE[t]), "")
+            return source, P2_REFERENCE.get(source, {}).get(aw, {})  # noqa: B023
+
+        rows, trows = [], []
+        for aw in pairs:
+            source, ref = ref_of(aw)
+            rows.append([aw, *[_cell(acc_s.get((task, aw, m))) + (f" ({ref[m]:.1f})" if m in ref else "")
+                               for m in P2_METHODS], source or "–"])
+            trows.append([aw, *[_cell(trace_s.get((task, aw, m)), 1.0, 3) for m in P2_METHODS]])
+        out += [f"### {task}", "",
+                f"Accuracy (percent, mean ± sd over seeds), KD at T = {P2_PAPER_T:g}; in parentheses the paper's "
+                f"ResNet-18 figure for the same A/W (column 'paper'). FP32 teacher: {_cell(t_stat)}"
+                + (f" (paper {P2_TEACHER[task]:.1f})" if task in P2_TEACHER else "") + ".", "",
+                _table(["A/W", "STE", "MSQE", "Fisher", "KD", "paper"], rows), ""]
+        if trace_s:
+            out += ["Fitted Hessian trace of the loss surface (lower = flatter):", "",
+                    _table(["A/W", "STE", "MSQE", "Fisher", "KD"], trows), ""]
+        temps = sorted({k[2] for k in sacc_s if k[0] == task})
+        if len(temps) > 1:
+            srows = [[f"{T:g}", *[f"{_cell(sacc_s.get((task, aw, T)))} / {_cell(strace_s.get((task, aw, T)), 1.0, 3)}"
+                                  for aw in pairs]] for T in temps]
+            out += ["KD temperature sweep (accuracy / fitted Hessian trace):", "",
+                    _table(["T", *pairs], srows), ""]
+        plots.append(_p2_bars(task, pairs, acc_s, plots_dir / f"p2-{_slug(task)}-accuracy.png"))
+        out += [f"![P2 {task} accuracy]({link}/{plots[-1].name})", ""]
+        task_points = [p for p in points if p[0] == task]
+        if task_points:
+            plots.append(_p2_scatter(task, task_points, plots_dir / f"p2-{_slug(task)}-trace.png"))
+            out += [f"![P2 {task} accuracy vs trace]({link}/{plots[-1].name})", ""]
+        if len(temps) > 1:
+            plots.append(_p2_temperature(task, pairs, temps, sacc_s, strace_s,
+                                         plots_dir / f"p2-{_slug(task)}-temperature.png"))
+            out += [f"![P2 {task} temperature]({link}/{plots[-1].name})", ""]
+    return Section("\n".join(out), plots, p2_claims(acc_s, trace_s, sacc_s, strace_s))
+
+
+def _p2_bars(task: str, pairs: list[str], acc: Mapping[tuple, Stat], path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(pairs), 3.4))
+    width = 0.8 / len(P2_METHODS)
+    for i, method in enumerate(P2_METHODS):
+        xs = [j + (i - 1.5) * width for j, aw in enumerate(pairs) if (task, aw, method) in acc]
+        stats = [acc[(task, aw, method)] for aw in pairs if (task, aw, method) in acc]
+        ax.bar(xs, [100 * s.mean for s in stats], width, yerr=[100 * s.sd for s in stats], capsize=2, label=method)
+    ax.set_xticks(range(len(pairs)), pairs)
+    ax.set_xlabel("A/W bits")
+    ax.set_ylabel("accuracy (%)")
+    lows = [100 * (s.mean - s.sd) for k, s in acc.items() if k[0] == task]
+    if lows:
+        ax.set_ylim(max(0.0, min(lows) - 5), None)
+    ax.legend(fontsize=7)
+    ax.set_title(f"P2: {task}")
+    return _save(fig, path)
+
+
+def _p2_scatter(task: str, points: list[tuple], path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for method in P2_METHODS:
+        mine = [p for p in points if p[1] == method]
+        if mine:
+            ax.scatter([p[4] for p in mine], [100 * p[3] for p in mine], label=method, s=18)
+    ax.set_xlabel("fitted Hessian trace (lower = flatter)")
+    ax.set_ylabel("accuracy (%)")
+    ax.legend(fontsize=7)
+    ax.set_title(f"P2: {task}, accuracy vs curvature")
+    return _save(fig, path)
+
+
+def _p2_temperature(task: str, pairs: list[str], temps: list[float], acc: Mapping[tuple, Stat],
+                    trace: Mapping[tuple, Stat], path: Path) -> Path:
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.4))
+    for aw in pairs:
+        for ax, table, scale in ((a1, acc, 100.0), (a2, trace, 1.0)):
+            got = [(T, table[(task, aw, T)]) for T in temps if (task, aw, T) in table]
+            if got:
+                ax.errorbar([T for T, _ in got], [scale * s.mean for _, s in got], yerr=[scale * s.sd for _, s in got],
+                            marker="o", capsize=3, label=aw)
+    for ax, label in ((a1, "KD accuracy (%)"), (a2, "fitted Hessian trace")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("temperature T")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7, title="A/W")
+    fig.suptitle(f"P2: {task}, KD temperature sweep")
+    return _save(fig, path)
+
+
+# --- P3 -----------------------------------------------------------------------------------------------------
+
+def _p3_column(config: Mapping[str, Any]) -> str | None:
+    if "mask" in config["pipeline"]:
+        bits = config["base"]["bits"]
+        return "structure" if bits == 32 else f"structure-{bits}"
+    return "weights" if config["pipeline"] == ["finetune"] else None
+
+
+def p3_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str) -> Section:
+    """Table, plots and verdicts of P3's runs."""
+    cells: dict[tuple, dict[int, float]] = defaultdict(dict)
+    kept: dict[tuple, dict[int, float]] = defaultdict(dict)
+    prior: dict[tuple, float] = {}
+    for r in results:
+        c, stages = r["config"], r["stages"]
+        column = _p3_column(c)
+        last = stages.get("mask") or stages.get("finetune")
+        if column is None or last is None:
+            continue
+        key = (c["model"], c["task"])
+        if (score := task_score(c["task"], last)) is not None:
+            cells[(*key, column)][c.get("seed", 0)] = score
+        if (p := task_score(c["task"], last, "prior_metrics")) is not None:
+            prior[key] = p
+        if "mask" in stages and stages["mask"].get("kept"):
+            kept[(*key, column)][c.get("seed", 0)] = stages["mask"]["kept"][-1]
+    stats, kept_s = _stats(cells), _stats(kept)
+    rows = []
+    for model, task in sorted({(m, t) for m, t, _ in stats}):
+        rows.append([model, task, *[_cell(stats.get((model, task, col)), 1.0, 3) for col in P3_COLUMNS],
+                     "–" if (model, task) not in prior else f"{prior[(model, task)]:.3f}"])
+        rows.append(["", "kept fraction", "", *[_cell(kept_s.get((model, task, col)), 1.0, 3)
+                                                 for col in P3_COLUMNS[1:]], ""])
+    for model, ref in P3_REFERENCE.items():
+        rows.append([f"paper: {model}", "glue/mrpc (F1)", *[f"{ref[col]:.3f}" for col in P3_COLUMNS], "0.812"])
+    out = ["## P3: fine-tuning the weights vs the structure (binary mask), on 8/4/2/1-bit weights", "",
+           "Main metric on the evaluation split (fraction; mean ± sd over seeds). 'structure-b': the mask is learned "
+           "over the pretrained weights quantized to b bits; 'label prior': always predicting the training split's "
+           "most frequent class.", "",
+           _table(["model", "task", *P3_COLUMNS, "label prior"], rows), ""]
+    plots = []
+    for model, task in sorted({(m, t) for m, t, _ in stats}):
+        plots.append(_p3_plot(model, task, stats, prior.get((model, task)),
+                              plots_dir / f"p3-{_slug(model)}-{_slug(task)}.png"))
+        out += [f"![P3 {model} {task}]({link}/{plots[-1].name})", ""]
+    return Section("\n".join(out), plots, p3_claims(stats, prior))
+
+
+def _p3_plot(model: str, task: str, stats: Mapping[tuple, Stat], prior: float | None, path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    cols = [c for c in P3_COLUMNS if (model, task, c) in stats]
+    ax.bar(range(len(cols)), [stats[(model, task, c)].mean for c in cols],
+           yerr=[stats[(model, task, c)].sd for c in cols], capsize=3, color="tab:blue", label="ours")
+    ref = P3_REFERENCE.get(model)
+    if ref:
+        ax.plot(range(len(cols)), [ref[c] for c in cols], "o", color="tab:orange", label="paper")
+    if prior is not None:
+        ax.axhline(prior, color="gray", ls="--", label="label prior")
+    ax.set_xticks(range(len(cols)), cols, rotation=20)
+    ax.set_ylabel("main metric")
+    ax.legend(fontsize=7)
+    ax.set_title(f"P3: {model}, {task}")
+    return _save(fig, path)
+
+
+# --- everything ---------------------------------------------------------------------------------------------
+
+def other_section(results: Sequence[Mapping[str, Any]]) -> Section:
+    """Runs of recipes that fill no paper table: one row each."""
+    rows = []
+    for r in results:
+        metrics = r.get("metrics", {})
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items()) if isinstance(v, (int, float)))
+        rows.append([r["recipe"].get("name", "?"), r["run_id"], " ".join(f"{k}={v}" for k, v in
+                                                                          sorted(r.get("point", {}).items())), shown])
+    return Section("\n".join(["## Other runs", "", _table(["recipe", "run", "grid point", "metrics"], rows), ""]))
+
+
+def _sweep_lines(directory: Path) -> list[str]:
+    """Wall time of every sweep invocation recorded in the folder that computed at least one run."""
+    path = directory / SWEEP_LOG
+    if not path.is_file():
+        return []
+    lines = []
+    for text in path.read_text().splitlines():
+        try:
+            rec = json.loads(text)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("done"):
+            shard = f" shard {rec['shard']}" if rec.get("shard") else ""
+            lines.append(f"- `{rec.get('recipe')}`{shard} on {rec.get('host')}: {rec['done']} run(s) computed, "
+                         f"{rec.get('skipped', 0)} already done, {rec.get('failed', 0)} failed, wall time "
+                         f"{rec.get('wall_s', float('nan')):.0f} s ({rec.get('processes', 1)} process(es), "
+                         f"started {rec.get('started_at')})")
+    return lines
+
+
+def build_report(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str, source: str = "",
+                 sweeps: Sequence[str] = ()) -> tuple[str, list[Path], list[Verdict]]:
+    """Render the Markdown report of ``results``; plots go to ``plots_dir`` and are linked as ``link/NAME``."""
+    by_paper: dict[str | None, list] = defaultdict(list)
+    for r in results:
+        by_paper[(r.get("recipe") or {}).get("paper")].append(r)
+    recipes = sorted({(r.get("recipe") or {}).get("name", "?") for r in results})
+    compute = sum(r.get("timings", {}).get("total_s", 0.0) for r in results)
+    v = results[0].get("versions", {}) if results else {}
+    parts = ["# fewbits report", "",
+             f"{len(results)} finished runs{f' in `{source}`' if source else ''} from recipes "
+             f"{', '.join(f'`{n}`' for n in recipes)}; {compute:.0f} s of run time in total. Versions: fewbits "
+             f"{v.get('fewbits')} (commit {str(v.get('git_commit'))[:10]}), torch {v.get('torch')}, python "
+             f"{v.get('python')}.", ""]
+    if sweeps:
+        parts += ["Sweeps that computed these runs:", "", *sweeps, ""]
+    sections = []
+    for paper, build in (("P1", p1_section), ("P2", p2_section), ("P3", p3_section)):
+        if by_paper.get(paper):
+            sections.append(build(by_paper[paper], plots_dir, link))
+    verdicts = [vd for s in sections for vd in s.verdicts]
+    if verdicts:
+        parts += ["## Which of the papers' claims hold in our runs", "",
+                  "Computed from the tables below (means over seeds); 'holds at k/n' counts the comparisons the "
+                  "claim makes.", ""]
+        for paper in ("P1", "P2", "P3"):
+            mine = [vd for vd in verdicts if vd.paper == paper]
+            if mine:
+                parts += [f"**{paper}**", "", *[vd.line() for vd in mine], ""]
+    parts += [s.markdown for s in sections]
+    if by_paper.get(None):
+        parts.append(other_section(by_paper[None]).markdown)
+    return "\n".join(parts).rstrip() + "\n", [p for s in sections for p in s.plots], verdicts
+
+
+def write_report(results_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> tuple[Path, list[Path]]:
+    """Write the Markdown report of every finished run under ``results_dir`` (default ``results_dir/report.md``),
+    its plots in ``<report stem>-plots/`` beside it; returns (report path, plot paths).
+
+    Several results folders can be reported together by pointing at their common parent: every
+    ``*/result.json`` one or two levels down is read. Example: ``write_report("results", "reports/offline.md")``.
+    """
+    directory = Path(results_dir)
+    if not directory.is_dir():
+        raise FewbitsValueError(f"The results folder {str(directory)!r} does not exist; give the --out folder of "
+                                "a fewbits sweep.")
+    folders = [directory] + sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("_")
+                                   and not (p / "result.json").is_file())
+    results: list[dict[str, Any]] = []
+    sweeps: list[str] = []
+    for folder in folders:
+        results += Store(folder).results()
+        sweeps += _sweep_lines(folder)
+    if not results:
+        raise FewbitsValueError(f"No finished run (*/result.json) under {str(directory)!r}; run fewbits sweep first.")
+    path = Path(out) if out is not None else directory / "report.md"
+    plots_dir = path.parent / f"{path.stem}-plots"
+    text, plots, _ = build_report(results, plots_dir, plots_dir.name, str(directory), sweeps)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path, plots
+
+
+__all__ = ["build_report", "task_score", "write_report"]

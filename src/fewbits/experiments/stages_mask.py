@@ -1,0 +1,107 @@
+"""P3's stages: one shared base per bit width, then a binary mask (and head) per task and seed.
+
+Protocol (Radiya-Dixit & Wang; Wang): fine-tune the *structure* of a pretrained model (which weights to keep)
+instead of its values; the frozen weights may be quantized to 8/4/2/1 bits first, so one low-precision copy
+serves every task. Compared against plain fine-tuning of the weights (the ``finetune`` stage alone).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from fewbits.errors import bad_param
+from fewbits.experiments.base import Stage, StageContext
+from fewbits.experiments.stages_common import (TRAIN_DEFAULTS, check_train, drop_checkpoints, evaluate_all,
+                                               load_task, prior_metrics, train_config, train_record)
+from fewbits.experiments.stages_quant import SCHEMES
+
+BASE_DIR = "base"
+
+
+def _bytes(directory: Path) -> int:
+    return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
+
+
+class Base(Stage):
+    """The pretrained model, its weights quantized to ``bits`` with ``scheme`` (32: kept as is), saved once and
+    shared by every task and seed (the quantizer's own ``seed`` is a parameter, not the run's)."""
+
+    kind = "base"
+    uses = {"model": None}
+    defaults = {"scheme": "kmeans", "bits": 32, "seed": 0}
+    saved = True
+
+    @classmethod
+    def check(cls, params: dict[str, Any], config: dict[str, Any]) -> None:
+        if params["scheme"] not in SCHEMES:
+            raise bad_param("base.scheme", f"one of {list(SCHEMES)}", params["scheme"], cls.kind)
+        if not (1 <= params["bits"] <= 8 or params["bits"] == 32):
+            raise bad_param("base.bits", "an int in [1, 8] or 32 (full precision)", params["bits"], cls.kind)
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        import fewbits
+        from fewbits.models import load_model, save_model
+
+        p = ctx.params
+        model, tokenizer = load_model(ctx.config["model"], num_labels=2)
+        record: dict[str, Any] = {"bits": p["bits"]}
+        directory = ctx.out_dir / BASE_DIR
+        if p["bits"] == 32:
+            if ctx.is_main:
+                save_model(model, directory, tokenizer=tokenizer)
+        else:
+            reports = fewbits.compress(model, p["scheme"], p["bits"], seed=p["seed"])
+            squared = sum(r.squared_error for r in reports)
+            energy = sum(r.squared_error / r.relative_error for r in reports if r.relative_error > 0)
+            record["relative_error"] = squared / energy if energy > 0 else 0.0
+            if ctx.is_main:
+                fewbits.save(model, directory, tokenizer=tokenizer)
+        if ctx.is_main:
+            record["sizes"] = {"base_bytes": _bytes(directory)}
+        return record
+
+
+class Mask(Stage):
+    """Learn the task's mask over the frozen shared base (scores at ``score_lr``, head at ``head_lr`` or the
+    training lr); records the metrics, the label prior's metrics, the kept fraction and the mask's bytes."""
+
+    kind = "mask"
+    uses = {"task": None, "seed": 0}
+    # sparsity 0: free (the scores decide); > 0: that exact fraction removed per layer. head_lr 0: the training lr.
+    defaults = {**TRAIN_DEFAULTS, "score_lr": 2e-4, "margin": 1e-2, "init_sparsity": 0.0, "sparsity": 0.0,
+                "head_lr": 0.0}
+
+    @classmethod
+    def check(cls, params: dict[str, Any], config: dict[str, Any]) -> None:
+        check_train(cls.kind, params)
+        if "base" not in config["pipeline"]:
+            raise bad_param("pipeline", "a 'base' stage before 'mask'", config["pipeline"], cls.kind)
+        for name in ("init_sparsity", "sparsity"):
+            if not 0 <= params[name] < 1:
+                raise bad_param(f"mask.{name}", "a number in [0, 1)", params[name], cls.kind)
+        for name in ("score_lr", "margin"):
+            if not params[name] > 0:
+                raise bad_param(f"mask.{name}", "a number > 0", params[name], cls.kind)
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        from fewbits.sparsify import MaskConfig, load_base, save_mask, train_mask
+
+        p = ctx.params
+        task = load_task(ctx)
+        base = load_base(ctx.outputs["base"].dir / BASE_DIR, task, seed=ctx.config.get("seed", 0))
+        config = MaskConfig(score_lr=p["score_lr"], margin=p["margin"], init_sparsity=p["init_sparsity"],
+                            sparsity=p["sparsity"] or None, head_lr=p["head_lr"] or None)
+        out = ctx.out_dir / "train"
+        result = train_mask(base.model, task, config, train_config(ctx, out), tokenizer=base.tokenizer)
+        drop_checkpoints(out)
+        record = {**train_record(result.train), **evaluate_all(base.model, task, base.tokenizer, ctx),
+                  "prior_metrics": prior_metrics(task), "kept": result.kept, "masked_layers": len(result.layers)}
+        if ctx.is_main:
+            directory = save_mask(base.model, ctx.out_dir / "mask", base, task=task)
+            record["sizes"] = {"mask_bytes": _bytes(directory)}
+            if not ctx.env.get("keep_artifacts"):
+                shutil.rmtree(directory)
+        ctx.state.update(model=base.model, tokenizer=base.tokenizer, task=task)
+        return record

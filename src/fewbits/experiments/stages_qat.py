@@ -1,0 +1,186 @@
+"""P2's stages: STE training to a first minimum (shared), a second phase per regularizer, and flatness.
+
+Protocol (Kadambi et al.): STE with W-bit weights and A-bit activations to theta*; then, from that same
+checkpoint, more epochs with no regularizer (``ste``), ``msqe``, ``fisher`` (Adam's v_hat frozen at the end
+of the STE phase, applied decoupled) or ``kd`` (the FP32 model as teacher at temperature T); then the
+fitted-paraboloid Hessian trace of the loss surface along filter-normalized random directions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fewbits.errors import bad_param
+from fewbits.experiments.base import Stage, StageContext
+from fewbits.experiments.stages_common import (TRAIN_DEFAULTS, check_train, drop_checkpoints, load_task,
+                                               seeded_model, train_config, train_record)
+
+QAT_TRAIN_DEFAULTS = {**TRAIN_DEFAULTS, "lr": 1e-3, "weight_decay": 0.0, "warmup_ratio": 0.0, "batch_size": 64,
+                      "epochs": 10}
+METHODS = ("ste", "msqe", "fisher", "kd")
+
+
+def _check_bits(name: str, value: int) -> None:
+    if not (1 <= value <= 8 or value == 32):
+        raise bad_param(name, "an int in [1, 8] or 32 (full precision)", value, "ste")
+
+
+class STE(Stage):
+    """STE quantization-aware training at ``wbits``/``abits`` from the fine-tuned FP32 model (``init =
+    "finetune"``) or from scratch; saved with its checkpoint and Fisher estimate for every second phase."""
+
+    kind = "ste"
+    uses = {"model": None, "task": None, "seed": 0}
+    defaults = {**QAT_TRAIN_DEFAULTS, "wbits": 2, "abits": 32, "init": "finetune", "per_channel": True,
+                "symmetric": True, "keep_first_last": True, "bias_correction": True}
+    saved = True
+
+    @classmethod
+    def check(cls, params: dict[str, Any], config: dict[str, Any]) -> None:
+        check_train(cls.kind, params)
+        _check_bits("ste.wbits", params["wbits"])
+        _check_bits("ste.abits", params["abits"])
+        if params["init"] not in ("finetune", "scratch"):
+            raise bad_param("ste.init", "'finetune' or 'scratch'", params["init"], cls.kind)
+        if params["init"] == "finetune" and "finetune" not in config["pipeline"]:
+            raise bad_param("pipeline", "a 'finetune' stage before 'ste' (or ste.init = 'scratch')",
+                            config["pipeline"], cls.kind)
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        from fewbits.qat import prepare_qat, run_ste_phase
+
+        p = ctx.params
+        task = load_task(ctx)
+        if p["init"] == "finetune":
+            source = ctx.outputs["finetune"].dir / "model"
+            model, tokenizer = seeded_model(ctx, source, task, new_head=False)
+        else:
+            model, tokenizer = seeded_model(ctx, ctx.config["model"], task)
+        spec = prepare_qat(model, p["wbits"], p["abits"], keep_first_last=p["keep_first_last"],
+                           per_channel=p["per_channel"], symmetric=p["symmetric"])
+        result = run_ste_phase(model, task, train_config(ctx, ctx.out_dir), spec, tokenizer=tokenizer,
+                               bias_correction=p["bias_correction"])
+        return {**train_record(result), "quantized_layers": len(spec.layers)}
+
+
+def load_ste(ctx: StageContext) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+    """``(model, tokenizer, task, spec, fisher)``: a fresh model with the shared STE checkpoint loaded."""
+    from fewbits.qat import load_ste_checkpoint
+
+    task = load_task(ctx)
+    model, tokenizer = seeded_model(ctx, ctx.config["model"], task)
+    spec, fisher = load_ste_checkpoint(model, ctx.outputs["ste"].dir)
+    return model, tokenizer, task, spec, fisher
+
+
+class Regularize(Stage):
+    """P2's second phase from the shared STE checkpoint with ``method`` (ste, msqe, fisher, kd); records the
+    metrics and the exported W-bit artifact's size."""
+
+    kind = "regularize"
+    defaults = {**QAT_TRAIN_DEFAULTS, "method": "ste", "lam": 1.0, "temperature": 4.0, "t2_scaling": True,
+                "fisher": "adam", "fisher_normalize": False}
+
+    @classmethod
+    def check(cls, params: dict[str, Any], config: dict[str, Any]) -> None:
+        check_train(cls.kind, params)
+        if params["method"] not in METHODS:
+            raise bad_param("regularize.method", f"one of {list(METHODS)}", params["method"], cls.kind)
+        if params["fisher"] not in ("adam", "true"):
+            raise bad_param("regularize.fisher", "'adam' or 'true'", params["fisher"], cls.kind)
+        if not params["temperature"] > 0 or params["lam"] < 0:
+            raise bad_param("regularize.temperature/lam", "temperature > 0 and lam >= 0",
+                            (params["temperature"], params["lam"]), cls.kind)
+        if "ste" not in config["pipeline"] or (params["method"] == "kd" and "finetune" not in config["pipeline"]):
+            raise bad_param("pipeline", "an 'ste' stage before 'regularize' (and 'finetune' for the kd teacher)",
+                            config["pipeline"], cls.kind)
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        import shutil
+
+        from fewbits.io.summary import describe
+        from fewbits.models import load_model
+        from fewbits.qat import SecondPhase, export_qat, run_second_phase
+
+        p = ctx.params
+        model, tokenizer, task, spec, fisher = load_ste(ctx)
+        teacher = None
+        if p["method"] == "kd":
+            teacher, _ = load_model(ctx.outputs["finetune"].dir / "model", task, new_head=False)
+        phase = SecondPhase(method=p["method"], lam=p["lam"], temperature=p["temperature"],
+                            t2_scaling=p["t2_scaling"], fisher=p["fisher"], fisher_normalize=p["fisher_normalize"])
+        out = ctx.out_dir / "train"
+        result = run_second_phase(model, task, train_config(ctx, out), spec, phase, fisher=fisher, teacher=teacher,
+                                  tokenizer=tokenizer)
+        drop_checkpoints(out)
+        record = {**train_record(result), "wbits": spec.wbits, "abits": spec.abits}
+        if ctx.is_main:
+            artifact = export_qat(model, ctx.out_dir / "artifact", spec, tokenizer=tokenizer)
+            s = describe(artifact)
+            record["sizes"] = {"artifact_bytes": s.total_bytes, "fp32_bytes": s.fp32_bytes,
+                               "bits_per_weight": s.bits_per_weight, "ratio_to_fp32": s.ratio}
+            if not ctx.env.get("keep_artifacts"):
+                shutil.rmtree(artifact)
+        ctx.state.update(model=model, tokenizer=tokenizer, task=task)
+        return record
+
+
+class Landscape(Stage):
+    """Flatness of the final model: a paraboloid fitted to the loss over a ``grid`` x ``grid`` square along each
+    of ``pairs`` filter-normalized random direction pairs (normalized against the shared STE model when
+    ``reference = "ste"``, so every method of one STE checkpoint is probed along the same directions), over
+    the first ``eval_size`` evaluation examples; optionally Hutchinson's estimate of the full Hessian trace."""
+
+    kind = "landscape"
+    defaults = {"pairs": 10, "grid": 11, "span": 1.0, "eval_size": 500, "batch_size": 256, "radius": 0.0,
+                "max_loss": 0.0, "directions_seed": 0, "reference": "ste", "hutchinson_probes": 0, "max_length": 128}
+
+    @classmethod
+    def check(cls, params: dict[str, Any], config: dict[str, Any]) -> None:
+        for name in ("pairs", "batch_size", "eval_size"):
+            if params[name] < 1:
+                raise bad_param(f"landscape.{name}", "an int >= 1", params[name], cls.kind)
+        if params["grid"] < 3:
+            raise bad_param("landscape.grid", "an int >= 3", params["grid"], cls.kind)
+        if params["reference"] not in ("ste", "self"):
+            raise bad_param("landscape.reference", "'ste' or 'self'", params["reference"], cls.kind)
+        if params["reference"] == "ste" and "ste" not in config["pipeline"]:
+            raise bad_param("landscape.reference", "'self' without an 'ste' stage", "ste", cls.kind)
+        if params["hutchinson_probes"] == 1 or params["hutchinson_probes"] < 0:
+            raise bad_param("landscape.hutchinson_probes", "0 (skip) or an int >= 2", params["hutchinson_probes"],
+                            cls.kind)
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        from fewbits.analysis import direction_pairs, evaluate, hutchinson_trace, landscape
+        from fewbits.data import make_collate
+
+        p = ctx.params
+        model, tokenizer, task = ctx.state["model"], ctx.state["tokenizer"], ctx.state["task"]
+        if p["reference"] == "ste":  # one slot, not one per STE checkpoint: directions are model-sized
+            key = (ctx.outputs["ste"].key, p["pairs"], p["directions_seed"])
+            held = ctx.cache.get("landscape_directions")
+            if held is None or held[0] != key:
+                held = (key, direction_pairs(load_ste(ctx)[0], p["pairs"], p["directions_seed"]))
+                ctx.cache["landscape_directions"] = held
+            directions = held[1]
+        else:
+            directions = direction_pairs(model, p["pairs"], p["directions_seed"])
+        examples = task.splits[task.eval_split]
+        n = min(p["eval_size"], len(examples))
+        collate = make_collate(task, tokenizer, max_length=p["max_length"])
+        batches = [collate([examples[i] for i in range(s, min(s + p["batch_size"], n))])
+                   for s in range(0, n, p["batch_size"])]
+        centre = evaluate(model, batches)
+        found = landscape(model, batches, directions=directions, grid=p["grid"], span=p["span"],
+                          radius=p["radius"] or None, max_loss=p["max_loss"] or None)
+        record: dict[str, Any] = {
+            "examples": n, "centre": {"loss": centre.loss, "accuracy": centre.accuracy},
+            "hessian": {"trace": found.summary["trace"], "determinant": found.summary["determinant"],
+                        "r2": found.summary["r2"], "dropped": found.summary["dropped"],
+                        "traces": [f.trace for f in found.fits]}}
+        if p["hutchinson_probes"]:
+            estimate = hutchinson_trace(model, batches, max_probes=p["hutchinson_probes"],
+                                        min_probes=min(10, p["hutchinson_probes"]), seed=p["directions_seed"])
+            record["hutchinson"] = {"trace": estimate.trace, "standard_error": estimate.standard_error,
+                                    "probes": estimate.probes}
+        return record
