@@ -150,7 +150,7 @@ def load_model(name_or_dir: str | os.PathLike = "minilm", task: Task | None = No
     path = Path(name).expanduser()
     if name.lower() in MINILM_ALIASES and not path.exists():
         _no_kwargs(kw, name)
-        return load_hf(minilm_path(), num_labels=num_labels, label_names=label_names, local=True, new_head=True)
+        return load_hf(minilm_path(), num_labels=num_labels, label_names=label_names, local=True, new_head=new_head)
     if name == "tiny-bert" and not path.exists():
         return tiny_bert(num_labels if num_labels is not None else 2, label_names, **kw)
     if name in BUILTIN_MODELS and not path.exists():
