@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from fewbits.data.base import Task
 from fewbits.errors import FewbitsTypeError, FewbitsValueError
 from fewbits.models import (BUILTIN_MODELS, CNN1d, ResNet18, build_model, forward_batch, load_model, logits_of,
                             save_model)
@@ -126,6 +127,19 @@ def test_truncated_builtin_weights_are_reported(tmp_path):
 def test_save_model_refuses_unknown_modules(tmp_path):
     with pytest.raises(FewbitsTypeError, match="'model' parameter of save_model"):
         save_model(nn.Linear(2, 2), tmp_path)
+
+
+def stub_task(kind: str, num_labels: int) -> Task:
+    return Task(name=f"stub-{kind}", kind=kind, num_labels=num_labels, splits={}, metric_fn=dict, main_metric="")
+
+
+def test_models_must_fit_the_task_inputs():
+    with pytest.raises(FewbitsValueError, match="whose inputs are texts"):
+        load_model("cnn1d", stub_task("text", 2))
+    with pytest.raises(FewbitsValueError, match="whose inputs are signals"):
+        load_model("tiny-bert", stub_task("signal", 2))
+    assert load_model("cnn1d", stub_task("signal", 4))[0].fc.out_features == 4
+    assert load_model("tiny-bert", stub_task("text", 1))[0].config.problem_type == "regression"
 
 
 def test_load_model_rejects_arguments_it_would_ignore():

@@ -139,7 +139,7 @@ def load_model(name_or_dir: str | os.PathLike = "minilm", task: Task | None = No
     ``resnet18``, ``cnn1d``. A directory written by ``save_model`` (or any Hugging Face model directory) is
     read back; any other string is tried as a Hugging Face hub id. The classification head gets
     ``num_labels`` (default: the task's; 1 means regression). ``new_head=False`` refuses a model whose head
-    is missing or of another size (for evaluation); ``kw`` go to the built-in constructor.
+    is missing or of another size, or freshly initialized (for evaluation); ``kw`` go to the built-in constructor.
 
     Example: ``model, tokenizer = load_model("minilm", load_task("vader"))``.
     """
@@ -148,9 +148,24 @@ def load_model(name_or_dir: str | os.PathLike = "minilm", task: Task | None = No
     label_names = getattr(task, "label_names", None)
     name = str(name_or_dir)
     path = Path(name).expanduser()
+    model, tokenizer = _load(name, path, num_labels, label_names, new_head, kw)
+    if task is not None and (task.kind == "text") != (tokenizer is not None):
+        wanted = "a text model (minilm, tiny-bert, a Hugging Face model)" if task.kind == "text" else \
+            "a built-in model for images or signals (resnet18, cnn1d)"
+        raise FewbitsValueError(f"Model {name!r} does not fit task {task.name!r}, whose inputs are "
+                                f"{task.kind}s; give {wanted}.")
+    return model, tokenizer
+
+
+def _load(name: str, path: Path, num_labels: int | None, label_names: list[str] | None, new_head: bool,
+          kw: dict[str, Any]) -> tuple[nn.Module, Any]:
     if name.lower() in MINILM_ALIASES and not path.exists():
         _no_kwargs(kw, name)
-        return load_hf(minilm_path(), num_labels=num_labels, label_names=label_names, local=True, new_head=new_head)
+        return load_hf(minilm_path(), num_labels=num_labels, label_names=label_names, local=True, new_head=new_head,
+                       shown=name)
+    if name in ("tiny-bert", *BUILTIN_MODELS) and not path.exists() and not new_head:
+        raise FewbitsValueError(f"Model {name!r} is freshly initialized, so it has no trained classification head; "
+                                f"fine-tune it first (fewbits finetune --model {name} --out DIR) and give DIR.")
     if name == "tiny-bert" and not path.exists():
         return tiny_bert(num_labels if num_labels is not None else 2, label_names, **kw)
     if name in BUILTIN_MODELS and not path.exists():

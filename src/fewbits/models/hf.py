@@ -62,15 +62,17 @@ def _head_kwargs(num_labels: int, label_names: list[str] | None) -> dict[str, An
 
 
 def load_hf(source: str | Path, *, num_labels: int | None, label_names: list[str] | None = None,
-            local: bool, new_head: bool) -> tuple[nn.Module, Any]:
+            local: bool, new_head: bool, shown: str | None = None) -> tuple[nn.Module, Any]:
     """Load a sequence-classification model and its tokenizer from a local directory or a hub id.
 
+    ``shown`` is the name used in error messages (default: ``source``).
     With ``num_labels`` None the stored head is kept. With ``new_head`` False a head missing from the
     checkpoint (or of another size) is an error: evaluating a random head would be meaningless.
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    what = f"directory {str(source)!r}" if local else f"hub id {str(source)!r}"
+    shown = shown or str(source)  # the name the user gave (e.g. 'minilm' rather than its package path)
+    what = f"{'directory' if local and shown == str(source) else 'model'} {shown!r}" if local else f"hub id {shown!r}"
     try:
         with quiet_transformers():
             config = AutoConfig.from_pretrained(source, local_files_only=local)
@@ -80,7 +82,7 @@ def load_hf(source: str | Path, *, num_labels: int | None, label_names: list[str
                 raise FewbitsValueError(
                     f"The model in {what} has no trained {num_labels}-label classification head "
                     f"(it has {stored if has_head else 'none'}). Fine-tune it first: "
-                    f"fewbits finetune --model {source} --task ... --out DIR.")
+                    f"fewbits finetune --model {shown} --task ... --out DIR.")
             kwargs = _head_kwargs(num_labels, label_names) if num_labels is not None else {}
             model, info = AutoModelForSequenceClassification.from_pretrained(
                 source, local_files_only=local, ignore_mismatched_sizes=new_head, output_loading_info=True, **kwargs)
