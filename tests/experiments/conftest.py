@@ -39,3 +39,15 @@ def write_recipe(directory: Path, text: str, name: str = "toy.toml") -> Path:
 def journal_lines(path: Path) -> list[list[str]]:
     """The journal's lines, split into (kind, id, pid)."""
     return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One torch thread per test process: the tiny models here gain nothing from more, and on a shared
+    2-core machine (tests run two workers) oversubscribed threads make them ~30x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

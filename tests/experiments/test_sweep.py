@@ -204,3 +204,17 @@ def test_sweep_command(tmp_path: Path, journal: Path, monkeypatch: pytest.Monkey
     assert all(r["config"]["x"] == 2 for r in Store(out).results())
     with pytest.raises(FewbitsValueError, match="'--set'"):
         command.run(parser.parse_args(args[:3] + ["--set", "x"]))
+
+
+def test_torchrun_processes_run_each_stage_together_and_write_once(tmp_path: Path, journal: Path) -> None:
+    recipe_path = write_recipe(tmp_path, TOY_RECIPE.format(sleep=0))
+    out = tmp_path / "res"
+    env = {**os.environ, "TOY_JOURNAL": str(journal), "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(HERE / "toy_stages.py"), str(recipe_path), str(out)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    check_results(out, load_recipe(recipe_path, TOY_STAGES))
+    by_stage = Counter((line[0], line[1]) for line in journal_lines(journal))
+    assert len(by_stage) == 2 + 6 and set(by_stage.values()) == {2}  # every stage on both processes
+    assert {r["processes"] for r in Store(out).results()} == {2}

@@ -37,7 +37,8 @@ class Base(Stage):
         journal(f"base {ctx.out_dir.name} {os.getpid()}")
         time.sleep(ctx.params["sleep"])
         value = 10 * ctx.config["x"] + ctx.config["seed"]
-        (ctx.out_dir / "value.json").write_text(json.dumps(value))
+        if ctx.is_main:  # one process of a multi-process launch writes
+            (ctx.out_dir / "value.json").write_text(json.dumps(value))
         ctx.state["value"] = value
         return {"value": value}
 

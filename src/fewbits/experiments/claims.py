@@ -37,7 +37,7 @@ P2_PAPER_T = 4.0
 P3_REFERENCE: dict[str, dict[str, float]] = {
     # MRPC F1, mean of 3 runs: weights, structure (full precision), structure on 8/4/2/1-bit weights
     "bert-base-uncased": {"weights": 0.889, "structure": 0.904, "structure-8": 0.906, "structure-4": 0.894,
-                          "structure-2": 0.812, "structure-1": 0.534},
+                          "structure-2": 0.812, "structure-1": 0.534, "prior": 0.8122},  # prior: always "equivalent"
 }
 P3_COLUMNS = ("weights", "structure", "structure-8", "structure-4", "structure-2", "structure-1")
 
@@ -93,7 +93,7 @@ class Verdict:
     def line(self) -> str:
         """The verdict as one Markdown bullet."""
         if self.total == 0:
-            return f"- **not testable**: {self.claim} (no runs to compare: {self.test})"
+            return f"- **not testable**: {self.claim}: no runs to compare ({self.test})"
         text = f"- **{self.status}**: {self.claim}: {self.test}: holds at {self.passed}/{self.total}"
         if self.failures:
             shown = "; ".join(self.failures[:6]) + (f"; and {len(self.failures) - 6} more" if len(self.failures) > 6

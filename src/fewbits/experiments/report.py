@@ -179,6 +179,7 @@ def _p1_plot(model: str, tasks: list[str], rows_keys: list[tuple[str, int]], cel
         if panel != "average" and (model, panel) in fp32:
             ax.axhline(100 * fp32[(model, panel)].mean, color="gray", ls="--", label="FP32")
         ax.set_title(panel)
+        ax.set_xticks(sorted({b for _, b in rows_keys} | (set(ref.get("kmeans", {})) if panel == "average" else set())))
         ax.set_xlabel("bits")
         ax.set_ylabel("score (%)")
     axes[0][-1].legend(fontsize=7)
@@ -304,7 +305,7 @@ def _p2_temperature(task: str, pairs: list[str], temps: list[float], acc: Mappin
                     trace: Mapping[tuple, Stat], path: Path) -> Path:
     plt = _plt()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.4))
-    for aw in pairs:
+    for aw in [aw for aw in pairs if sum((task, aw, T) in acc for T in temps) > 1]:
         for ax, table, scale in ((a1, acc, 100.0), (a2, trace, 1.0)):
             got = [(T, table[(task, aw, T)]) for T in temps if (task, aw, T) in table]
             if got:
@@ -354,7 +355,8 @@ def p3_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str)
         rows.append(["", "kept fraction", "", *[_cell(kept_s.get((model, task, col)), 1.0, 3)
                                                  for col in P3_COLUMNS[1:]], ""])
     for model, ref in P3_REFERENCE.items():
-        rows.append([f"paper: {model}", "glue/mrpc (F1)", *[f"{ref[col]:.3f}" for col in P3_COLUMNS], "0.812"])
+        rows.append([f"paper: {model}", "glue/mrpc (F1)", *[f"{ref[col]:.3f}" for col in P3_COLUMNS],
+                     f"{ref['prior']:.3f}"])
     out = ["## P3: fine-tuning the weights vs the structure (binary mask), on 8/4/2/1-bit weights", "",
            "Main metric on the evaluation split (fraction; mean ± sd over seeds). 'structure-b': the mask is learned "
            "over the pretrained weights quantized to b bits; 'label prior': always predicting the training split's "

@@ -70,14 +70,16 @@ def seeded_model(ctx: StageContext, source: Any, task: Any, **kw: Any) -> tuple[
     return load_model(source, task, **kw)
 
 
-def evaluate_all(model: Any, task: Any, tokenizer: Any, ctx: StageContext) -> dict[str, Any]:
-    """Metrics on the task's evaluation split, plus ``metrics_<split>`` for its other dev splits (MNLI-mm)."""
+def evaluate_all(model: Any, task: Any, tokenizer: Any, ctx: StageContext,
+                 metrics: dict[str, float] | None = None) -> dict[str, Any]:
+    """Metrics on the task's evaluation split (``metrics`` when the caller has them for this very model, e.g.
+    from the training loop's last evaluation), plus ``metrics_<split>`` for its other dev splits (MNLI-mm)."""
     from fewbits.train import evaluate
 
     kw = {"tokenizer": tokenizer, "batch_size": ctx.env["eval_batch_size"],
           "max_length": ctx.params.get("max_length", 128)}
     record: dict[str, Any] = {"split": task.eval_split, "main_metric": task.main_metric,
-                              "metrics": evaluate(model, task, **kw)}
+                              "metrics": metrics if metrics else evaluate(model, task, **kw)}
     for split in task.splits:
         if split.startswith("dev") and split != task.eval_split:
             record[f"metrics_{split}"] = evaluate(model, task, split, **kw)
@@ -139,7 +141,7 @@ class Finetune(Stage):
         if ctx.params["epochs"] > 0:
             result = train(model, task, train_config(ctx, ctx.out_dir / "train"), tokenizer=tokenizer)
             record.update(train_record(result))
-        record.update(evaluate_all(model, task, tokenizer, ctx))
+        record.update(evaluate_all(model, task, tokenizer, ctx, record.get("metrics")))
         if ctx.is_main:
             save_model(model, ctx.out_dir / "model", tokenizer=tokenizer)
             drop_checkpoints(ctx.out_dir / "train")

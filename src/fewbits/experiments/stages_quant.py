@@ -101,7 +101,7 @@ class FinetuneQuantized(Stage):
                            param_groups=groups)
             record.update(train_record(result))
             drop_checkpoints(ctx.out_dir / "train")
-        record.update(evaluate_all(model, task, tokenizer, ctx))
+        record.update(evaluate_all(model, task, tokenizer, ctx, record.get("metrics")))
         record["sizes"] = measure_artifact(model, tokenizer, ctx)
         ctx.state.update(model=model, tokenizer=tokenizer, task=task)
         return record

@@ -201,6 +201,8 @@ class Sweeper:
                 self.store.record_failure(run.run_id, {
                     "run_id": run.run_id, "config": run.config, "error": f"{type(exc).__name__}: {exc}",
                     "traceback": traceback.format_exc(), "host": socket.gethostname(), "at": _now()})
+            if self.coord.world > 1:
+                raise  # the other processes may wait in a collective: end the launch (a restart resumes)
             return "failed"
         finally:
             lock.release()
