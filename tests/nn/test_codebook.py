@@ -63,6 +63,16 @@ def test_frozen_codebook_caches_until_it_changes():
     assert torch.equal(cb(), torch.tensor([[2.0, 3.0], [3.0, 2.0]]))
 
 
+def test_weight_cached_in_inference_mode_is_not_reused_for_training_a_mask_over_it():
+    cb = Codebook(torch.tensor([0, 1, 1], dtype=torch.uint8), torch.tensor([[1.0, 2.0]]), bits=1)
+    cb.requires_grad_(False)
+    with torch.inference_mode():
+        cb()
+    scale = torch.ones(3, requires_grad=True)
+    (cb() * scale).sum().backward()  # an inference tensor here would refuse to be saved for backward
+    assert torch.equal(scale.grad, torch.tensor([1.0, 2.0, 2.0]))
+
+
 def test_training_forward_is_fresh_and_differentiable_after_eval_cache():
     cb = Codebook(torch.tensor([0, 1, 1], dtype=torch.uint8), torch.tensor([[1.0, 2.0]]), bits=1)
     with torch.no_grad():

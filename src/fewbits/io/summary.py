@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fewbits.io.format import (CONFIG_FILE, MANIFEST_FILE, TENSORS_FILE, TensorEntry, read_manifest,
-                               read_tensors_file)
+from fewbits.io.format import CONFIG_FILE, MANIFEST_FILE, TensorEntry, read_manifest, read_tensors_file
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,11 @@ from fewbits.errors import FewbitsTypeError, bad_param
 from fewbits.quantize.base import MAX_BITS, QuantizedTensor, check_bits
 
 
+def _version(t: torch.Tensor) -> int | None:
+    """In-place edit counter (None for inference tensors, which keep none)."""
+    return None if t.is_inference() else t._version
+
+
 class _GatherMean(torch.autograd.Function):
     """``flat_codebook[index]`` forward; backward averages the gradient over each entry's members."""
 
@@ -69,7 +74,7 @@ class Codebook(nn.Module):
         self.codebook = nn.Parameter(codebook.detach().clone())
         self.register_buffer("_index", torch.empty(0, dtype=torch.int32), persistent=False)
         self.register_buffer("_counts", torch.empty(0, dtype=torch.int32), persistent=False)
-        self._cache: tuple[tuple, torch.Tensor, int] | None = None
+        self._cache: tuple[tuple, torch.Tensor, int | None] | None = None
         self._build_index()
 
     @classmethod
@@ -130,12 +135,14 @@ class Codebook(nn.Module):
         if torch.is_grad_enabled() and cb.requires_grad:
             self._cache = None  # training: the codebook changes every step
             return _GatherMean.apply(cb, self._index, self._counts).view(self.codes.shape)
-        key = (cb.data_ptr(), cb._version, cb.device, cb.dtype, self._index.data_ptr())
-        if self._cache is not None and self._cache[0] == key and self._cache[1]._version == self._cache[2]:
+        # inference mode makes inference tensors, which autograd refuses to save later: cache them apart
+        key = (cb.data_ptr(), cb._version, cb.device, cb.dtype, self._index.data_ptr(),
+               torch.is_inference_mode_enabled())
+        if self._cache is not None and self._cache[0] == key and _version(self._cache[1]) == self._cache[2]:
             return self._cache[1]
         with torch.no_grad():
             weight = cb.reshape(-1).index_select(0, self._index).view(self.codes.shape)
-        self._cache = (key, weight, weight._version)
+        self._cache = (key, weight, _version(weight))
         return weight
 
     def extra_repr(self) -> str:
