@@ -22,7 +22,7 @@ def write_result(out: Path, paper: str | None, config: dict, stages: dict) -> No
     final = next(s for s in reversed(list(stages.values())) if "metrics" in s)
     data = {"run_id": run_id, "recipe": {"name": f"{(paper or 'toy').lower()}-test", "paper": paper},
             "config": config, "seed": config.get("seed"), "point": {"seed": config.get("seed")},
-            "metrics": final["metrics"], "stages": stages, "timings": {"total_s": 1.0},
+            "metrics": final["metrics"], "sizes": final.get("sizes", {}), "stages": stages, "timings": {"total_s": 1.0},
             "versions": {"fewbits": "0.1.0", "torch": "2", "python": "3.11", "git_commit": "abc"}}
     (out / run_id).mkdir(parents=True)
     (out / run_id / "result.json").write_text(json.dumps(data))
@@ -40,8 +40,9 @@ def p1_results(out: Path, score) -> None:
             for bits in (1, 2, 3, 4):
                 config = {"pipeline": ["finetune", "quantize", "finetune_quantized"], "model": "minilm",
                           "task": "vader", "seed": seed, "quantize": {"scheme": scheme, "bits": bits}}
+                final = acc(score(scheme, bits, seed), sizes={"bits_per_weight": bits + 0.5})
                 write_result(out, "P1", config, {"finetune": finetune, "quantize": acc(0.5),
-                                                 "finetune_quantized": acc(score(scheme, bits, seed))})
+                                                 "finetune_quantized": final})
 
 
 def good_p1(scheme: str, bits: int, seed: int) -> float:
@@ -67,7 +68,7 @@ def test_p1_table_plot_and_claims(tmp_path: Path) -> None:
     text = path.read_text()
     assert path == res / "report.md"
     assert "| FP32 | 32 | 92.5 ± 0.7 |" in text  # two fine-tunes, mean +- sd in percent
-    assert "| kmeans | 4 | 90.1 ± 0.1 | 90.1 ± 0.1 | 83.5 |" in text  # ours beside the paper's BERT-base average
+    assert "| kmeans | 4 | 90.1 ± 0.1 | 90.1 ± 0.1 | 83.5 | 4.50 |" in text  # beside the paper's BERT-base avg
     assert "| linear | 1 | 55.1 ± 0.1 |" in text
     assert [p.name for p in plots] == ["p1-minilm.png"] and plots[0].read_bytes()[:8] == PNG
     assert "](report-plots/p1-minilm.png)" in text
@@ -118,8 +119,10 @@ def test_p2_tables_plots_and_verdicts(tmp_path: Path) -> None:
     trace = {"ste": 9.0, "msqe": 7.0, "fisher": 7.1, "kd": 5.0}
     sweep = {1.0: (0.83, 8.0), 4.0: (0.85, 5.0), 8.0: (0.86, 3.0)}
     p2_results(tmp_path / "good", good, trace, sweep)
-    text, plots = write_report(tmp_path / "good")[0].read_text(), write_report(tmp_path / "good")[1]
-    assert "| 32/2 | 80.0 ± 0.1 (93.5) | 82.0 ± 0.1 (93.6) | 82.1 ± 0.1 (93.6) | 85.0 ± 0.1 (94.0) | cifar10 |" in text
+    path, plots = write_report(tmp_path / "good")
+    text = path.read_text()
+    row = "| 32/2 | 80.0 ± 0.1 (93.5) | 82.0 ± 0.1 (93.6) | 82.1 ± 0.1 (93.6) | 85.0 ± 0.1 (94.0) | cifar10 |"
+    assert row in text
     assert "| 4/1 |" in text and "(90.7)" in text
     assert "FP32 teacher: 95.0" in text
     assert {p.name for p in plots} == {"p2-mnist1d-accuracy.png", "p2-mnist1d-trace.png",

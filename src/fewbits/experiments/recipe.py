@@ -248,7 +248,8 @@ def expand(stages: Mapping[str, Any], pipeline: list[str], defaults: Mapping[str
                              label, {**base, **overrides})
             versions = {kind: int(stages[kind].version) for kind in config["pipeline"]}
             run_id = config_hash({"config": config, "versions": versions})
-            runs.setdefault(run_id, Run(run_id, config, versions, {k: v for k, v in point.items() if k not in overrides}))
+            shown = {k: v for k, v in point.items() if k not in overrides}
+            runs.setdefault(run_id, Run(run_id, config, versions, shown))
     return list(runs.values())
 
 

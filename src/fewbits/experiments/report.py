@@ -99,6 +99,7 @@ def p1_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str)
     cells: dict[tuple, dict[int, float]] = defaultdict(dict)  # (model, scheme, bits, task) -> {seed: score}
     fp32: dict[tuple, dict[str, float]] = defaultdict(dict)  # (model, task) -> {finetune key: score}
     before: dict[tuple, dict[int, float]] = defaultdict(dict)  # scores right after quantization, no fine-tuning
+    size: dict[tuple, dict[int, float]] = defaultdict(dict)  # (model, scheme, bits) -> {seed: artifact bits/weight}
     prior: dict[tuple, float] = {}
     for r in results:
         c, stages = r["config"], r["stages"]
@@ -109,6 +110,8 @@ def p1_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str)
         key = (model, c["quantize"]["scheme"], c["quantize"]["bits"], task)
         if (score := task_score(task, final)) is not None:
             cells[key][seed] = score
+        if "bits_per_weight" in r.get("sizes", {}):
+            size[key[:3]][seed] = r["sizes"]["bits_per_weight"]
         if "finetune_quantized" in stages and (score := task_score(task, stages["quantize"])) is not None:
             before[key][seed] = score
         if "finetune" in stages:
@@ -116,7 +119,7 @@ def p1_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str)
                 fp32[(model, task)][stages["finetune"]["key"]] = score
             if (p := task_score(task, stages["finetune"], "prior_metrics")) is not None:
                 prior[(model, task)] = p
-    cell_stats, fp32_stats, before_stats = _stats(cells), _stats(fp32), _stats(before)
+    cell_stats, fp32_stats, before_stats, size_stats = _stats(cells), _stats(fp32), _stats(before), _stats(size)
     models = sorted({k[0] for k in cells})
     avg: dict[tuple, Stat] = {}
     out = ["## P1: linear vs k-means (and optimal) quantization, then fine-tuning the codebooks", ""]
@@ -132,20 +135,23 @@ def p1_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str)
                                                       / len(averaged) for s in sorted(seeds)])
         ref_model = model if model in P1_REFERENCE else P1_REFERENCE_DEFAULT
         ref = P1_REFERENCE[ref_model]
-        header = ["scheme", "bits", *tasks, "average", f"paper average ({ref_model}, GLUE)"]
+        header = ["scheme", "bits", *tasks, "average", f"paper average ({ref_model}, GLUE)", "bits/weight"]
         fp_avg = [fp32_stats[(model, t)].mean for t in averaged if (model, t) in fp32_stats]
         rows = [["FP32", "32", *[_cell(fp32_stats.get((model, t))) for t in tasks],
                  f"{100 * sum(fp_avg) / len(fp_avg):.1f}" if len(fp_avg) == len(averaged) and fp_avg else "–",
-                 f"{ref['fp32'][32]:.1f}"]]
+                 f"{ref['fp32'][32]:.1f}", "32"]]
         for scheme, bits in rows_keys:
             paper = ref.get(scheme, {}).get(bits)
             rows.append([scheme, str(bits), *[_cell(cell_stats.get((model, scheme, bits, t))) for t in tasks],
-                         _cell(avg.get((model, scheme, bits))), "–" if paper is None else f"{paper:.1f}"])
+                         _cell(avg.get((model, scheme, bits))), "–" if paper is None else f"{paper:.1f}",
+                         _cell(size_stats.get((model, scheme, bits)), 1.0, 2).split(" ±")[0]])
         seeds_n = max((s.n for k, s in cell_stats.items() if k[0] == model), default=0)
         out += [f"### {model}", "",
                 f"Score after fine-tuning the quantized model (percent; mean ± sd over up to {seeds_n} seeds). "
                 f"The paper's column is {ref_model}'s GLUE average"
-                + ("" if model == ref_model else ", shown for scale: a different model and tasks") + ".", "",
+                + ("" if model == ref_model else ", shown for scale: a different model and tasks")
+                + "; bits/weight: the saved artifact's true size (codebooks, unquantized tensors and headers "
+                  "included) per parameter.", "",
                 _table(header, rows), ""]
         if before_stats:
             brows = [[s, str(b), *[_cell(before_stats.get((model, s, b, t))) for t in tasks]] for s, b in rows_keys]

@@ -2,9 +2,9 @@
 
 | stage | saved | what it does | papers |
 |---|---|---|---|
-| ``finetune`` | yes | train the full-precision model on the task (the start of P1, P2's teacher, P3's "weights") | P1 P2 P3 |
+| ``finetune`` | yes | train the full-precision model (P1's start, P2's teacher, P3's "weights") | P1 P2 P3 |
 | ``quantize`` | no | codebook-quantize it (``fewbits.compress``): scheme, bits, groups; evaluate | P1 |
-| ``finetune_quantized`` | no | train the codebooks (x10 lr) and the unquantized parameters; evaluate; measure the artifact | P1 |
+| ``finetune_quantized`` | no | train codebooks (x10 lr) and unquantized parameters; evaluate; artifact size | P1 |
 | ``ste`` | yes | quantization-aware training with STE weights and activations (W/A bits) from the FP32 model | P2 |
 | ``regularize`` | no | P2's second phase from the shared STE checkpoint: ste, msqe, fisher or kd | P2 |
 | ``landscape`` | no | fitted-paraboloid Hessian trace of the loss surface (filter-normalized directions) | P2 |

@@ -275,9 +275,10 @@ class Sweeper:
             output, state = self._compute(run, stage_cls, key, partial, outputs, state)
             if self.coord.is_main:
                 self.store.finish_stage(kind, key, {
-                    "kind": kind, "key": key, "version": stage_cls.version, "parent": parent, "uses": {k: run.config[k] for k in stage_cls.uses},
-                    "params": run.config[kind], "info": output.info, "seconds": output.seconds,
-                    "host": socket.gethostname(), "finished_at": _now()})
+                    "kind": kind, "key": key, "version": stage_cls.version, "parent": parent,
+                    "uses": {k: run.config[k] for k in stage_cls.uses}, "params": run.config[kind],
+                    "info": output.info, "seconds": output.seconds, "host": socket.gethostname(),
+                    "finished_at": _now()})
             self.coord.decide(lambda: None)  # the others wait until the folder is in place
             output.dir = self.store.stage_dir(kind, key)
             return output, state
