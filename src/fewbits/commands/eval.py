@@ -19,13 +19,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="task name: vader, vader-regression, glue/<cola|sst2|mrpc|stsb|qqp|mnli|qnli|rte|wnli>, "
                              "mnist1d, cifar10, cifar100")
     parser.add_argument("--data-dir", default=None,
-                        help="folder with the task's files (as for fewbits finetune); without it GLUE comes from the hub")
+                        help="folder with the task's files (as for fewbits finetune); without it GLUE comes from "
+                             "the hub")
     parser.add_argument("--split", default=None,
                         help="split to score: dev (default; MNLI: dev_matched, MNIST-1D/CIFAR: test), dev_mismatched, "
                              "train, test (must be labeled)")
     parser.add_argument("--batch-size", type=int, default=128, help="examples per forward pass (128)")
     parser.add_argument("--max-length", type=int, default=128, help="tokens per text input after truncation (128)")
     parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice, one per core); on cores shared with other "
+                             "jobs 1 can be many times faster")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,9 +39,13 @@ def run(args: argparse.Namespace) -> int:
     from fewbits.models import load_model
     from fewbits.train import evaluate
 
-    for name in ("batch_size", "max_length"):
-        if getattr(args, name) < 1:
+    import torch
+
+    for name in ("batch_size", "max_length", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise bad_param(f"--{name.replace('_', '-')}", "a positive int", getattr(args, name), "fewbits eval")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     task = load_task(args.task, args.data_dir)
     model, tokenizer = load_model(args.model, task, new_head=False)
     split = args.split or task.eval_split

@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue from the last checkpoint in --out (same settings required); starts fresh "
                              "when there is none")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice, one per core); on cores shared with other "
+                             "jobs 1 can be many times faster")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,9 +68,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from fewbits.data import load_task
+    from fewbits.errors import bad_param
     from fewbits.models import load_model, save_model
     from fewbits.train import TrainConfig, train
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise bad_param("--threads", "a positive int", args.threads, "fewbits finetune")
+        torch.set_num_threads(args.threads)
     task = load_task(args.task, args.data_dir)
     torch.manual_seed(args.seed)  # the new classification head's initial weights
     model, tokenizer = load_model(args.model, task)

@@ -297,7 +297,8 @@ def train(model: nn.Module, task: Task, config: TrainConfig, *, tokenizer: Any =
         ckpt.load_weights(model, last)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        step, best_metric, best_step, history = state["step"], state["best_metric"], state["best_step"], state["history"]
+        step, history = state["step"], state["history"]
+        best_metric, best_step = state["best_metric"], state["best_step"]
         rngs = state["rng"]
         ckpt.set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
         log.info("resumed from %s at step %d", last, step)
