@@ -105,16 +105,34 @@ def test_tied_weights_appear_once():
     assert "a.weight" in effective_parameters(model)
 
 
-def test_save_load_round_trip(tmp_path):
+def test_pairs_are_generated_on_demand_and_independently():
     model = mlp()
+    few, many = direction_pairs(model, 3, seed=2), direction_pairs(model, 6, seed=2)
+    assert len(few) == 3 and len(many) == 6
+    for axis in (0, 1):
+        assert torch.equal(few[2][axis]["0.weight"], many[2][axis]["0.weight"])
+        assert torch.equal(few[-1][axis]["2.weight"], few[2][axis]["2.weight"])
+    assert len(few[1:]) == 2
+    with pytest.raises(IndexError):
+        few[3]
+
+
+def test_save_load_round_trip(tmp_path):
+    model = mlp(sizes=(6, 64, 3))
     pairs = direction_pairs(model, 3, seed=2)
     path = save_directions(tmp_path / "d.safetensors", pairs, {"seed": 2, "reference": "ste"})
     loaded, meta = load_directions(path)
     assert meta == {"seed": 2, "reference": "ste"} and len(loaded) == 3
-    for (x1, y1), (x2, y2) in zip(pairs, loaded):
-        assert sorted(x1) == sorted(x2)
+    explicit = [(dict(dx), dict(dy)) for dx, dy in pairs]
+    explicit_path = save_directions(tmp_path / "e.safetensors", explicit)
+    # stored compactly: the reference's filter norms, not 3 x 2 copies of the weights
+    assert path.stat().st_size * 5 < explicit_path.stat().st_size
+    loaded_explicit, _ = load_directions(explicit_path)
+    for (x1, y1), (x2, y2), (x3, y3) in zip(pairs, loaded, loaded_explicit):
+        assert sorted(x1) == sorted(x2) == sorted(x3)
         for n in x1:
             assert torch.equal(x1[n], x2[n]) and torch.equal(y1[n], y2[n])
+            assert torch.equal(x1[n], x3[n]) and torch.equal(y1[n], y3[n])
 
 
 def test_malformed_and_mismatched_directions(tmp_path):

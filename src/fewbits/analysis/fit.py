@@ -110,7 +110,7 @@ class Landscape:
     surfaces: list[Surface2D]
     fits: list[ParaboloidFit]
     summary: dict[str, Any]
-    directions: list[DirectionPair] = field(repr=False)
+    directions: Sequence[DirectionPair] = field(repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The summary and every fit, for JSON."""
@@ -118,18 +118,19 @@ class Landscape:
 
 
 def landscape(model: nn.Module, batches: Iterable[Any], *, pairs: int = 10, grid: int = 21, span: float = 1.0,
-              seed: int = 0, directions: list[DirectionPair] | None = None, include_1d: bool = False,
+              seed: int = 0, directions: Sequence[DirectionPair] | None = None, include_1d: bool = False,
               radius: float | None = None, max_loss: float | None = None, loss_fn: LossFn | None = None,
               progress: bool = False) -> Landscape:
     """2-D surfaces on a ``grid`` x ``grid`` square of half-width ``span``, one per direction pair, each fitted.
 
-    ``directions`` (e.g. from a reference model, P2's STE model) are used as given; otherwise
-    ``pairs`` pairs are drawn from ``seed`` and normalized against ``model`` itself.
+    ``directions`` (e.g. normalized against a reference model, P2's STE model) are used as given;
+    otherwise ``pairs`` pairs are drawn from ``seed`` and normalized against ``model`` itself. Each
+    pair is generated only when its surface is computed.
     """
     if directions is None:
         directions = direction_pairs(model, pairs, seed, include_1d=include_1d)
-    elif not directions:
-        raise bad_param("directions", "a non-empty list of (dx, dy) pairs or None", directions, "landscape")
+    elif len(directions) == 0:
+        raise bad_param("directions", "a non-empty sequence of (dx, dy) pairs or None", directions, "landscape")
     coords = grid_coordinates(grid, span)
     prepared = prepare_batches(model, batches)
     surfaces, fits = [], []
@@ -139,4 +140,4 @@ def landscape(model: nn.Module, batches: Iterable[Any], *, pairs: int = 10, grid
         fits.append(fit_paraboloid(surface, radius=radius, max_loss=max_loss))
     summary = summarize_fits(fits)
     summary.update(grid=grid, span=float(span), radius=radius, max_loss=max_loss)
-    return Landscape(surfaces, fits, summary, list(directions))
+    return Landscape(surfaces, fits, summary, directions)

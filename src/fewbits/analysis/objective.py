@@ -121,18 +121,24 @@ def checked_batch_loss(loss_fn: LossFn, model: nn.Module, batch: Any) -> BatchLo
 
 
 def evaluate_prepared(model: nn.Module, batches: list[Any], loss_fn: LossFn) -> Evaluation:
-    """One pass over prepared batches, trusting the caller for eval mode, no_grad and overrides."""
+    """One pass over prepared batches, trusting the caller for eval mode, no_grad and overrides.
+
+    On the CPU each batch's numbers are read at once (free there); on an accelerator they are
+    summed on the device and read once at the end, so the pass never waits for the device mid-way.
+    """
     total_loss: torch.Tensor | float = 0.0
     total_correct: torch.Tensor | int = 0
     count = 0
     has_accuracy = True
     for batch in batches:
         loss, correct, n = checked_batch_loss(loss_fn, model, batch)
-        total_loss = total_loss + loss.detach().double() * n
+        on_device = loss.device.type != "cpu"
+        total_loss = total_loss + (loss.detach().double() * n if on_device else float(loss) * n)
         if correct is None:
             has_accuracy = False
-        else:
-            total_correct = total_correct + correct
+        elif has_accuracy:
+            total_correct = total_correct + (correct if on_device or not isinstance(correct, torch.Tensor)
+                                             else int(correct))
         count += n
     accuracy = float(total_correct) / count if has_accuracy else None
     return Evaluation(float(total_loss) / count, accuracy, count)

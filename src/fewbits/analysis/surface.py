@@ -6,8 +6,9 @@ mode without gradients. Index convention: ``surface.loss[i, j]`` is the loss at
 direction (beta), like ``np.meshgrid(alphas, betas, indexing="ij")``.
 
 Cost: the model is entered once; each grid point writes the perturbed weights into preallocated
-buffers (two fused adds per tensor) and runs one evaluation pass, so a surface costs its grid
-points times one evaluation pass plus a little (``benchmarks/landscape.py`` measures it).
+buffers (one fused add per tensor, from the row's ``w + alpha dx`` kept while alpha repeats) and
+runs one evaluation pass, so a surface costs its grid points times one evaluation pass plus a
+little (``benchmarks/landscape.py`` measures it).
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from fewbits.analysis.directions import check_directions
+from fewbits.analysis.directions import check_against
 from fewbits.analysis.objective import LossFn, classification_objective, evaluate_prepared, prepare_batches
-from fewbits.analysis.params import eval_mode, override_parameters
+from fewbits.analysis.params import effective_parameters, eval_mode, override_parameters
 from fewbits.errors import bad_param
 
 
@@ -113,22 +114,36 @@ def _walk(model: nn.Module, batches: Iterable[Any], directions: Sequence[Mapping
           points: list[tuple[float, ...]], loss_fn: LossFn | None, progress: bool, desc: str) -> list[tuple[float, float | None]]:
     """Evaluate at ``w + sum_k c_k d_k`` for each tuple of coefficients ``c`` in ``points``."""
     prepared = prepare_batches(model, batches)
-    weights: dict[str, torch.Tensor] = {}
+    weights = effective_parameters(model)
     for d in directions:
-        weights = check_directions(model, d)
+        check_against(weights, d, warn=False)
+    check_against(weights, {n: t for d in directions for n, t in d.items()})
     names = [n for n in weights if any(n in d for d in directions)]
     base = {n: weights[n] for n in names}
     dirs = [{n: d[n].to(base[n].device, base[n].dtype) for n in names if n in d} for d in directions]
     buffers = {n: torch.empty_like(base[n]) for n in names}
+    # w + c_1 d_1 + ... + c_{k-1} d_{k-1} is kept while those leading coefficients repeat (a row of
+    # the grid), so each point costs one fused add per tensor: buffer = row + c_k d_k
+    row = {n: base[n].clone() for n in names}
+    row_key: tuple[float, ...] | None = None
+    *lead_dirs, last_dir = dirs
     loss_fn = loss_fn or classification_objective
     results: list[tuple[float, float | None]] = []
     with eval_mode(model), torch.no_grad(), override_parameters(model, buffers):
-        for coeffs in tqdm(points, desc=desc, disable=not progress, leave=False):
+        for coeffs in tqdm(points, desc=desc, leave=False) if progress else points:
+            *lead, last = coeffs
+            if tuple(lead) != row_key:
+                row_key = tuple(lead)
+                for n in names:
+                    row[n].copy_(base[n])
+                    for c, d in zip(lead, lead_dirs):
+                        if n in d and c != 0.0:
+                            row[n].add_(d[n], alpha=float(c))
             for n in names:
-                buffers[n].copy_(base[n])
-                for c, d in zip(coeffs, dirs):
-                    if n in d and c != 0.0:
-                        buffers[n].add_(d[n], alpha=float(c))
+                if n in last_dir and last != 0.0:
+                    torch.add(row[n], last_dir[n], alpha=float(last), out=buffers[n])
+                else:
+                    buffers[n].copy_(row[n])
             ev = evaluate_prepared(model, prepared, loss_fn)
             results.append((ev.loss, ev.accuracy))
     return results

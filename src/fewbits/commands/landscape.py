@@ -129,9 +129,7 @@ def run(args: argparse.Namespace) -> int:
     batches = evaluation_batches(task, tokenizer, args.eval_size, args.batch_size, args.max_length)
     if args.directions:
         pairs, meta = load_directions(args.directions)
-        for dx, dy in pairs:
-            check_directions(model, dx)
-            check_directions(model, dy)
+        check_directions(model, {**pairs[0][0], **pairs[0][1]})  # fail before any evaluation
         source = {"file": str(args.directions), **meta}
     else:
         pairs = direction_pairs(model, args.pairs, args.seed, include_1d=args.include_1d)
