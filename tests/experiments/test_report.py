@@ -193,6 +193,8 @@ def test_task_score_follows_glue_conventions() -> None:
     assert task_score("glue/stsb", {"metrics": {"pearson": 0.8, "spearman": 0.6}}) == pytest.approx(0.7)
     assert task_score("glue/cola", {"metrics": {"mcc": 0.5, "accuracy": 0.8}, "main_metric": "mcc"}) == 0.5
     assert task_score("vader", {"metrics": {}}) is None
+    assert task_score("vader", {"metrics": {"accuracy": 0.7}}) == 0.7  # one metric: it is the main one
+    assert task_score("glue/cola", {"metrics": {"mcc": 0.5, "accuracy": 0.8}}) is None  # ambiguous without a name
 
 
 def test_report_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -37,7 +37,8 @@ LEFT_OUT_OF_AVERAGE = ("glue/wnli",)
 def task_score(task: str, stage: Mapping[str, Any], key: str = "metrics") -> float | None:
     """The one number a task contributes (a fraction): GLUE's pair average or the main metric; None if absent."""
     metrics = stage.get(key) or {}
-    names = GLUE_PAIRS.get(task, (stage.get("main_metric"),))
+    main = stage.get("main_metric") or (next(iter(metrics)) if len(metrics) == 1 else None)
+    names = GLUE_PAIRS.get(task, (main,))
     values = [metrics.get(n) for n in names]
     if not values or any(not isinstance(v, (int, float)) for v in values):
         return None

@@ -110,10 +110,11 @@ def drop_checkpoints(out_dir: Any) -> None:
     shutil.rmtree(checkpoint_root(out_dir), ignore_errors=True)
 
 
-def train_record(result: Any) -> dict[str, Any]:
-    """What a stage keeps of a TrainResult."""
-    return {"metrics": result.metrics, "best_metric": result.best_metric, "best_step": result.best_step,
-            "steps": result.step, "train_examples_per_s": result.train_examples_per_s}
+def train_record(result: Any, task: Any) -> dict[str, Any]:
+    """What a stage keeps of a TrainResult (its metrics are the last evaluation's, on the task's eval split)."""
+    return {"metrics": result.metrics, "main_metric": task.main_metric, "split": task.eval_split,
+            "best_metric": result.best_metric, "best_step": result.best_step, "steps": result.step,
+            "train_examples_per_s": result.train_examples_per_s}
 
 
 class Finetune(Stage):
@@ -140,7 +141,7 @@ class Finetune(Stage):
         record: dict[str, Any] = {"prior_metrics": prior_metrics(task)}
         if ctx.params["epochs"] > 0:
             result = train(model, task, train_config(ctx, ctx.out_dir / "train"), tokenizer=tokenizer)
-            record.update(train_record(result))
+            record.update(train_record(result, task))
         record.update(evaluate_all(model, task, tokenizer, ctx, record.get("metrics")))
         if ctx.is_main:
             save_model(model, ctx.out_dir / "model", tokenizer=tokenizer)

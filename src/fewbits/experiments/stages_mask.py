@@ -96,7 +96,7 @@ class Mask(Stage):
         out = ctx.out_dir / "train"
         result = train_mask(base.model, task, config, train_config(ctx, out), tokenizer=base.tokenizer)
         drop_checkpoints(out)
-        record = {**train_record(result.train), **evaluate_all(base.model, task, base.tokenizer, ctx,
+        record = {**train_record(result.train, task), **evaluate_all(base.model, task, base.tokenizer, ctx,
                                                                result.train.metrics),
                   "prior_metrics": prior_metrics(task), "kept": result.kept, "masked_layers": len(result.layers)}
         if ctx.is_main:

@@ -60,7 +60,7 @@ class STE(Stage):
                            per_channel=p["per_channel"], symmetric=p["symmetric"])
         result = run_ste_phase(model, task, train_config(ctx, ctx.out_dir), spec, tokenizer=tokenizer,
                                bias_correction=p["bias_correction"])
-        return {**train_record(result), "quantized_layers": len(spec.layers)}
+        return {**train_record(result, task), "quantized_layers": len(spec.layers)}
 
 
 def load_ste(ctx: StageContext) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
@@ -113,7 +113,7 @@ class Regularize(Stage):
         result = run_second_phase(model, task, train_config(ctx, out), spec, phase, fisher=fisher, teacher=teacher,
                                   tokenizer=tokenizer)
         drop_checkpoints(out)
-        record = {**train_record(result), "wbits": spec.wbits, "abits": spec.abits}
+        record = {**train_record(result, task), "wbits": spec.wbits, "abits": spec.abits}
         if ctx.is_main:
             artifact = export_qat(model, ctx.out_dir / "artifact", spec, tokenizer=tokenizer)
             s = describe(artifact)

@@ -99,7 +99,7 @@ class FinetuneQuantized(Stage):
             groups = lambda m: param_groups(m, p["lr"], p["quantized_lr_scale"], p["weight_decay"])  # noqa: E731
             result = train(model, task, train_config(ctx, ctx.out_dir / "train"), tokenizer=tokenizer,
                            param_groups=groups)
-            record.update(train_record(result))
+            record.update(train_record(result, task))
             drop_checkpoints(ctx.out_dir / "train")
         record.update(evaluate_all(model, task, tokenizer, ctx, record.get("metrics")))
         record["sizes"] = measure_artifact(model, tokenizer, ctx)
