@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fewbits.errors import FewbitsError
-from fewbits.quantize import SCHEMES, kmeans, linear, optimal, quantize
+from fewbits.quantize import HISTOGRAM_BINS, SCHEMES, histogram_bins, kmeans, linear, optimal, quantize
 
 CLUSTER = [linear, kmeans, optimal]
 GROUPINGS = [{}, {"groups": "channel"}, {"groups": 2}, {"group_size": 4}]
@@ -84,7 +84,17 @@ def test_optimal_histogram_mode_is_close_to_exact_and_not_worse_than_linear():
         assert exact <= hist * (1 + 1e-12)
         assert hist <= exact * (1 + 1e-4)
         assert hist <= linear(w, bits).squared_error(w)
-    assert optimal(torch.randn(70000), 2).squared_error(torch.zeros(1)) > 0  # auto picks histogram here
+    big = torch.randn(70000)  # more values than histogram_bins(2): auto uses the histogram
+    assert torch.equal(optimal(big, 2).codebook, optimal(big, 2, mode="histogram").codebook)
+    assert torch.equal(optimal(w, 2, groups=100).codebook, optimal(w, 2, groups=100, mode="exact").codebook)
+
+
+def test_histogram_bins_hold_linear_bins_and_at_least_256_per_cluster():
+    for bits in range(1, 9):
+        for n_groups in (1, 2, 128, 30522):
+            bins = histogram_bins(bits, n_groups)
+            assert bins % 2**bits == 0 and 256 * 2**bits <= bins <= HISTOGRAM_BINS
+    assert histogram_bins(3, 128) < histogram_bins(3, 1)
 
 
 def test_linear_matches_hand_computed_example_of_p1_formula():

@@ -5,7 +5,7 @@ Each works group by group on float64 copies of the values (float32 codebook out)
 :class:`QuantizedTensor`. 1-D clustering needs no distance matrix: ``kmeans`` sorts each group
 once, after which a Lloyd iteration is ``2**bits`` binary searches and prefix-sum means;
 ``optimal`` runs its dynamic program on the sorted distinct values, or, for groups larger than
-:data:`HISTOGRAM_BINS`, on a fine histogram of them (one pass, no sort). The compiled loops live
+:func:`histogram_bins`, on a fine histogram of them (one pass, no sort). The compiled loops live
 in :mod:`fewbits.quantize._kernels`.
 """
 
@@ -23,9 +23,22 @@ from fewbits.quantize import _kernels
 from fewbits.quantize.base import (QuantizedTensor, check_bits, check_sample_weight, check_weight,
                                    resolve_group_size)
 
-#: Bins of the histogram ``optimal`` uses for large groups (and the group size above which
-#: ``mode="auto"`` uses it). A multiple of every ``2**bits``, so linear's bins are unions of them.
+#: Most bins of the histogram ``optimal`` uses for large groups: a multiple of every ``2**bits``,
+#: so linear's bins are unions of histogram bins.
 HISTOGRAM_BINS = 1 << 16
+
+
+def histogram_bins(bits: int, n_groups: int = 1) -> int:
+    """Bins per group of ``optimal``'s histogram mode (and the group size above which "auto" uses it).
+
+    At least 256 bins per cluster (measured gap to the exact optimum about 1e-5 there, far less
+    with more), at most :data:`HISTOGRAM_BINS`, and as many as keep the dynamic program, whose
+    cost grows as ``n_groups * 2**bits * bins``, near one per-tensor 16-bit histogram.
+    """
+    k = 1 << bits
+    budget = 1 << max(22 - bits - max(n_groups - 1, 0).bit_length(), 0)
+    return min(max(budget, 256 * k), HISTOGRAM_BINS)
+
 
 OPTIMAL_MODES = ("auto", "exact", "histogram")
 
@@ -87,7 +100,7 @@ def _assign(data: _Groups, centroids: np.ndarray, accumulate: bool = True) -> tu
     wsum = np.zeros((data.n_groups, k))
     xsum = np.zeros((data.n_groups, k))
     sw, has_sw = data.sw_arg()
-    n_cells = min(max(data.x.shape[1] // 4, 64), HISTOGRAM_BINS)
+    n_cells = min(max(data.x.shape[1] // 4, 64), 1 << 16)
     _kernels.assign(data.x, sw, has_sw, centroids, data.lo, data.hi, data.center, n_cells, accumulate,
                     codes, wsum, xsum)
     return codes, wsum, xsum
@@ -148,16 +161,18 @@ def n_local_trials(bits: int) -> int:
 
 def kmeans(weight: torch.Tensor, bits: int, *, groups: int | str | None = None, group_size: int | None = None,
            sample_weight: torch.Tensor | None = None, max_iter: int | None = 3, tol: float = 1e-6,
-           seed: int = 0) -> QuantizedTensor:
+           seed: int = 0, n_init: int = 1) -> QuantizedTensor:
     """k-means with ``2**bits`` centroids per group: greedy k-means++ seeding, then Lloyd iterations.
 
     Seeding draws ``n_local_trials(bits)`` candidates per centre with probability proportional to
     the (sample_weight-weighted) squared distance to the nearest chosen centre and keeps the best,
     using ``numpy.random.default_rng(seed)``: same seed, same result. Lloyd runs at most
     ``max_iter`` iterations (P1 uses 3; ``None``: until convergence) and stops early at a fixed
-    point or when the squared error falls by less than ``tol`` times itself. Codes are the nearest
-    final centroid; the codebook holds the final centroids. ``sample_weight`` (finite, >= 0, the
-    weight's shape) weights the squared error, e.g. by Fisher information.
+    point or when the squared error falls by less than ``tol`` times itself. ``n_init`` runs (seeding
+    and Lloyd) keep the one of least error; P1 uses one, and in 1-D each extra run costs little next
+    to the one sort. Codes are the nearest final centroid; the codebook holds the final centroids.
+    ``sample_weight`` (finite, >= 0, the weight's shape) weights the squared error, e.g. by Fisher
+    information.
     Example: ``qt = kmeans(w, 2, max_iter=None, sample_weight=fisher)``.
     """
     if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0):
@@ -166,14 +181,16 @@ def kmeans(weight: torch.Tensor, bits: int, *, groups: int | str | None = None, 
         raise bad_param("tol", "a finite float >= 0", tol, "kmeans")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise bad_param("seed", "a non-negative int", seed, "kmeans")
+    if isinstance(n_init, bool) or not isinstance(n_init, int) or n_init < 1:
+        raise bad_param("n_init", "a positive int", n_init, "kmeans")
     data = _prepare(weight, bits, groups, group_size, sample_weight, "kmeans")
     k = 1 << bits
     trials = n_local_trials(bits)
-    uniforms = np.random.default_rng(seed).random(1 + (k - 1) * trials)
+    uniforms = np.random.default_rng(seed).random((n_init, 1 + (k - 1) * trials))
     ptr, v, c, s, q = _sorted_atoms(data)
     centroids = np.empty((data.n_groups, k))
     iters = np.zeros(data.n_groups, np.int64)
-    _kernels.kmeans_centroids(ptr, v, c, s, q, k, trials, uniforms, -1 if max_iter is None else max_iter,
+    _kernels.kmeans_centroids(ptr, v, c, s, q, k, trials, n_init, uniforms, -1 if max_iter is None else max_iter,
                               float(tol), centroids, iters)
     codes, _, _ = _assign(data, centroids, accumulate=False)
     return _result(data, codes, centroids + data.center[:, None], bits, "kmeans")
@@ -186,20 +203,23 @@ def optimal(weight: torch.Tensor, bits: int, *, groups: int | str | None = None,
     ``mode="exact"``: Wang & Song's dynamic program (Ckmeans.1d.dp) over each group's sorted
     distinct values, row minima by divide and conquer: O(2**bits * n log n) time and
     ``4 * 2**bits * n`` bytes for the back-pointers; provably optimal. ``mode="histogram"``: the
-    same program over the non-empty bins of a :data:`HISTOGRAM_BINS`-bin equal-width histogram
+    same program over the non-empty bins of a :func:`histogram_bins`-bin equal-width histogram
     (one pass, no sort): optimal among partitions at bin edges, which include linear's, so never
     worse than ``linear``; then one exact Lloyd step (codes = nearest centroid, codebook = mean of
     its weights) which can only lower the error. Its measured gap to the exact optimum is in
-    BENCHMARKS.md. ``mode="auto"``: exact for groups of at most ``HISTOGRAM_BINS`` values, else
+    BENCHMARKS.md. ``mode="auto"``: exact for groups of at most ``histogram_bins(bits, n_groups)``
+    values, else histogram. Exact at 8 bits on many mid-sized groups is slow (about 35 s for 128
+    groups of a 768x3072 matrix); lower bits or per-tensor codebooks take well under a second.
     histogram. Example: ``qt = optimal(w, 3)``; ``optimal(w, 2, groups="channel", mode="exact")``.
     """
     if mode not in OPTIMAL_MODES:
         raise bad_param("mode", f"one of {OPTIMAL_MODES}", mode, "optimal")
     data = _prepare(weight, bits, groups, group_size, sample_weight, "optimal")
     k = 1 << bits
+    n_bins = histogram_bins(bits, data.n_groups)
     if mode == "auto":
-        mode = "exact" if data.x.shape[1] <= HISTOGRAM_BINS else "histogram"
-    ptr, v, c, s, q = _sorted_atoms(data) if mode == "exact" else _histogram_atoms(data, HISTOGRAM_BINS)
+        mode = "exact" if data.x.shape[1] <= n_bins else "histogram"
+    ptr, v, c, s, q = _sorted_atoms(data) if mode == "exact" else _histogram_atoms(data, n_bins)
     centroids = np.empty((data.n_groups, k))
     _kernels.optimal_centroids(ptr, v, c, s, q, k, centroids)
     codes, wsum, xsum = _assign(data, centroids)
