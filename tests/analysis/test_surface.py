@@ -13,6 +13,7 @@ from fewbits.analysis import (
     BatchLoss,
     Surface2D,
     direction_pairs,
+    effective_parameters,
     evaluate,
     fit_paraboloid,
     grid_coordinates,
@@ -204,3 +205,47 @@ def test_bad_coordinates_rejected():
         grid_coordinates(1, 1.0)
     with pytest.raises(FewbitsValueError, match="span"):
         grid_coordinates(5, -1.0)
+
+
+def test_codebook_quantized_model_with_tied_weights():
+    import fewbits
+
+    class TiedNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(6, 6)
+            self.b = nn.Linear(6, 6)
+            self.b.weight = self.a.weight
+            self.head = nn.Linear(6, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.relu(self.b(torch.relu(self.a(x)))))
+
+    torch.manual_seed(0)
+    model = TiedNet().double()
+    fewbits.compress(model, "kmeans", bits=2, targets=["a", "b"])
+    weights = effective_parameters(model)
+    assert "a.weight" in weights and "b.weight" not in weights  # one codebook, one effective tensor
+    data = batches()
+    before = snapshot(model)
+    pair = direction_pairs(model, 1, seed=0)[0]
+    s = surface_2d(model, data, pair, [0.0, 0.5], [0.0])
+    assert s.loss[0, 0] == pytest.approx(evaluate(model, data).loss, rel=1e-12)
+    # the perturbation moves both tied uses of the weight, unquantized
+    plain = TiedNet().double()
+    with torch.no_grad():
+        plain.a.weight.copy_(weights["a.weight"] + 0.5 * pair[0]["a.weight"])
+        for name in ("a.bias", "b.bias", "head.bias"):
+            plain.get_parameter(name).copy_(weights[name])
+        plain.head.weight.copy_(weights["head.weight"] + 0.5 * pair[0]["head.weight"])
+    assert s.loss[1, 0] == pytest.approx(evaluate(plain, data).loss, rel=1e-12)
+    assert_unchanged(model, before)
+
+
+def test_loss_fn_must_return_loss_correct_count():
+    model = mlp()
+    pair = direction_pairs(model, 1, seed=0)[0]
+    with pytest.raises(TypeError, match="loss_fn"):
+        surface_2d(model, batches(), pair, [0.0], loss_fn=lambda m, b: m(b[0]).sum())
+    with pytest.raises(FewbitsValueError, match="count"):
+        surface_2d(model, batches(), pair, [0.0], loss_fn=lambda m, b: BatchLoss(m(b[0]).sum(), None, 0))

@@ -9,6 +9,7 @@ the default: cross-entropy (or squared error for a single-output regression head
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -115,9 +116,9 @@ def checked_batch_loss(loss_fn: LossFn, model: nn.Module, batch: Any) -> BatchLo
     loss, correct, count = result
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         raise FewbitsTypeError(f"The loss returned by 'loss_fn' must be a scalar tensor. Got {loss!r} instead.")
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+    if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
         raise FewbitsValueError(f"The count returned by 'loss_fn' must be a positive int. Got {count!r} instead.")
-    return BatchLoss(loss.reshape(()), correct, count)
+    return BatchLoss(loss.reshape(()), correct, int(count))
 
 
 def evaluate_prepared(model: nn.Module, batches: list[Any], loss_fn: LossFn) -> Evaluation:

@@ -74,7 +74,9 @@ def _sites(model: nn.Module) -> dict[str, list[_Site]]:
         if parametrize.is_parametrized(module):
             for attr in module.parametrizations.keys():
                 name = first_name.setdefault(_tie_key(module.parametrizations[attr]), prefix + attr)
-                sites.setdefault(name, []).append(_Site(module, attr, True))
+                site = _Site(module, attr, True)
+                if site not in sites.get(name, []):
+                    sites.setdefault(name, []).append(site)
         for attr, param in module._parameters.items():
             if param is None or not param.is_floating_point():
                 continue
