@@ -56,7 +56,7 @@ class MaskConfig:
     """How a mask is learned (plain data). ``margin / score_lr`` is the number of Adam steps of
     consistent evidence a weight needs before it changes state; see :mod:`fewbits.nn.mask`."""
 
-    score_lr: float = 2e-4  # Adam rate of the scores (the sensitive knob: watch the kept fraction)
+    score_lr: float = 3e-4  # Adam rate of the scores (the sensitive knob: watch the kept fraction)
     margin: float = 1e-2  # initial |score|: kept at +margin, removed at -margin, threshold 0
     init_sparsity: float = 0.0  # fraction of each layer removed at the start (smallest |w| first)
     sparsity: float | None = None  # exact fraction removed per layer at every step (top-k of scores)

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="remove exactly this fraction of every masked layer (top-k of scores; default: learned)")
     parser.add_argument("--init-sparsity", type=float, default=0.0, metavar="S",
                         help="fraction removed at the start, smallest magnitudes first (default 0)")
-    parser.add_argument("--score-lr", type=float, default=2e-4, metavar="LR", help="Adam rate of the scores (2e-4)")
+    parser.add_argument("--score-lr", type=float, default=3e-4, metavar="LR", help="Adam rate of the scores (3e-4)")
     parser.add_argument("--margin", type=float, default=1e-2, metavar="M",
                         help="initial |score| (1e-2); margin/score-lr = steps needed to flip a weight")
     parser.add_argument("--lr", type=float, default=1e-3, metavar="LR", help="rate of the dense head (1e-3)")

@@ -315,7 +315,7 @@ def write_mask_artifact(directory: str | os.PathLike, masks: Mapping[str, torch.
     for name, mask in masks.items():
         enc = encode(mask)
         tensors[f"mask.{name}"] = enc.data.contiguous()
-        layers[name] = {"shape": list(enc.shape), "kept": int(mask.sum()), "method": enc.method,
+        layers[name] = {"shape": list(enc.shape), "kept": int(torch.count_nonzero(mask)), "method": enc.method,
                         "params": enc.params, "tied": list((tied or {}).get(name, []))}
     for key, value in head.items():
         tensors[f"head.{key}"] = value.detach().to("cpu").contiguous().clone()
@@ -406,8 +406,9 @@ def read_mask_artifact(directory: str | os.PathLike) -> MaskArtifact:
     for name, layer in manifest["masks"].items():
         enc = EncodedMask(layer["method"], tuple(layer["shape"]), tensors[f"mask.{name}"], layer["params"])
         mask = decode(enc, name)
-        if int(mask.sum()) != layer["kept"]:
-            raise _corrupt(name, f"{int(mask.sum())} kept weights, the manifest says {layer['kept']}")
+        kept = int(torch.count_nonzero(mask))
+        if kept != layer["kept"]:
+            raise _corrupt(name, f"{kept} kept weights, the manifest says {layer['kept']}")
         masks[name], tied[name] = mask, list(layer["tied"])
     head = {key: tensors[f"head.{key}"] for key in manifest["head"]}
     return MaskArtifact(masks, tied, head, manifest)

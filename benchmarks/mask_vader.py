@@ -1,0 +1,207 @@
+"""P3 on vader with MiniLM-L6 (offline): fine-tune weights vs fine-tune structure (a learned binary mask) vs
+structure over weights quantized to 8, 4, 2, 1 bits (linear as in P3, and k-means); mean +- sd over seeds.
+
+Run: ``.venv/bin/python benchmarks/mask_vader.py [--seeds 3] [--epochs 1] [--threads N]``.
+
+Each quantized base is built once (``fewbits.compress`` of the embeddings and fully connected
+layers, the P1 targets), saved with ``fewbits.save`` and shared by every seed: each seed loads it
+with ``fewbits.sparsify.load_base`` (fresh head from the seed), learns a mask and the head, and
+saves ONLY the mask and head with ``save_mask``, whose size on disk is reported. Fine-tuning the
+weights uses the same loop, data order and steps. Every run's result is appended to
+``--results`` (JSON lines) so an interrupted sweep resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import machine_line, write_section  # noqa: E402
+
+import fewbits  # noqa: E402
+from fewbits.data import load_task  # noqa: E402
+from fewbits.io.mask_codec import describe_mask  # noqa: E402
+from fewbits.models import load_model  # noqa: E402
+from fewbits.nn import head_names  # noqa: E402
+from fewbits.sparsify import MaskConfig, load_base, new_head, save_mask, train_mask  # noqa: E402
+from fewbits.train import TrainConfig, train  # noqa: E402
+
+
+def _configs(bits: list[int], schemes: list[str]) -> list[tuple[str, str | None, int]]:
+    """(row name, scheme or None, bits): fine-tune weights, structure on FP32, structure on each quantized base."""
+    rows = [("fine-tune weights", None, 32), ("head only (no mask)", None, 32), ("fine-tune structure", None, 32)]
+    rows += [(f"structure, {scheme}", scheme, b) for scheme in schemes for b in bits]
+    return rows
+
+
+def _run(name: str, scheme: str | None, bits: int, seed: int, task, args, workdir: Path) -> dict:
+    """One run; returns its record (accuracy, kept fraction, mask size on disk, seconds)."""
+    started = time.perf_counter()
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_length=args.max_length, seed=seed,
+                         max_steps=args.max_steps, progress=False, lr=args.ft_lr if name == "fine-tune weights"
+                         else args.head_lr)
+    if name == "fine-tune weights":
+        model, tokenizer = load_model("minilm", task)
+        new_head(model, task.num_labels, task.label_names, seed)
+        result = train(model, task, config, tokenizer=tokenizer)
+        return {"accuracy": result.metrics["accuracy"], "seconds": time.perf_counter() - started}
+    source = "minilm" if scheme is None else str(workdir / f"base-{scheme}-{bits}")
+    base = load_base(source, task, seed=seed)
+    if name == "head only (no mask)":  # the control: frozen features, only the head learns
+        head = {id(p) for h in head_names(base.model) for p in base.model.get_submodule(h).parameters()}
+        for p in base.model.parameters():
+            p.requires_grad_(id(p) in head)
+        result = train(base.model, task, config, tokenizer=base.tokenizer)
+        return {"accuracy": result.metrics["accuracy"], "seconds": time.perf_counter() - started}
+    mask_config = MaskConfig(score_lr=args.score_lr, margin=args.margin)
+    result = train_mask(base.model, task, mask_config, config, tokenizer=base.tokenizer)
+    summary = describe_mask(save_mask(base.model, workdir / f"mask-{scheme}-{bits}-{seed}", base, task=task))
+    return {"accuracy": result.train.metrics["accuracy"], "kept": result.kept, "mask_bytes": summary.mask_bytes,
+            "mask_bits_per_weight": summary.mask_bits_per_weight, "task_artifact_bytes": summary.total_bytes,
+            "masked_weights": summary.weights, "seconds": time.perf_counter() - started}
+
+
+def _build_bases(configs, task, workdir: Path) -> dict[str, float]:
+    """Quantize MiniLM once per (scheme, bits) and save it; returns seconds and bytes per base."""
+    info = {}
+    for _, scheme, bits in configs:
+        target = workdir / f"base-{scheme}-{bits}"
+        if scheme is None or target.exists():
+            continue
+        started = time.perf_counter()
+        model, tokenizer = load_model("minilm", task)
+        fewbits.compress(model, scheme, bits=bits)
+        fewbits.save(model, target, tokenizer=tokenizer)
+        size = sum(f.stat().st_size for f in target.iterdir() if f.name in ("fewbits.safetensors", "fewbits.json"))
+        info[f"{scheme}-{bits}"] = {"seconds": time.perf_counter() - started, "bytes": size}
+        print(f"base {scheme} {bits}-bit: {info[f'{scheme}-{bits}']}", file=sys.stderr)
+    return info
+
+
+def _mean_sd(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.3f}" if values else "-"
+    return f"{statistics.mean(values):.3f} +- {statistics.stdev(values):.3f}"
+
+
+def _report(configs, records: dict, args, prior: float, total_s: float, bases: dict) -> str:
+    rows = ["| model | base bits | accuracy (mean +- sd) | kept fraction | mask bits/weight on disk | seconds/run |",
+            "|---|---|---|---|---|---|"]
+    means = {}
+    for name, scheme, bits in configs:
+        runs = [records[(name, scheme, bits, s)] for s in range(args.seeds) if (name, scheme, bits, s) in records]
+        if not runs:
+            continue
+        acc = [r["accuracy"] for r in runs]
+        means[(name, scheme, bits)] = statistics.mean(acc)
+        kept = f"{statistics.mean(r['kept'][-1] for r in runs):.4f}" if "kept" in runs[0] else "-"
+        bpw = f"{statistics.mean(r['mask_bits_per_weight'] for r in runs):.3f}" if "kept" in runs[0] else "-"
+        secs = statistics.mean(r["seconds"] for r in runs)
+        rows.append(f"| {name} | {bits if bits < 32 else 'FP32'} | {_mean_sd(acc)} ({len(acc)} seeds) | {kept} | "
+                    f"{bpw} | {secs:.0f} |")
+    full = means.get(("fine-tune structure", None, 32))
+    notes = []
+    for scheme in args.schemes:
+        got = {b: means[(f"structure, {scheme}", scheme, b)] for b in args.bits if (f"structure, {scheme}", scheme, b) in means}
+        if full is None or not got:
+            continue
+        parts = [f"{b}-bit {v:.3f} ({v - full:+.3f})" for b, v in sorted(got.items(), reverse=True)]
+        collapsed = [b for b, v in got.items() if v <= prior + 0.02]
+        notes.append(f"- {scheme}: " + ", ".join(parts) + " against FP32 structure; at the label prior "
+                     f"({prior:.3f}) within 0.02: " + (", ".join(f"{b}-bit" for b in sorted(collapsed, reverse=True))
+                                                      if collapsed else "none") + ".")
+    fp32 = [records[k] for k in records if k[0] == "fine-tune structure"]
+    disk = ""
+    if fp32:
+        bpw = statistics.mean(r["mask_bits_per_weight"] for r in fp32)
+        kept = statistics.mean(r["kept"][-1] for r in fp32)
+        disk = (f"Mask on disk for the trained FP32 vader masks: {bpw:.3f} bits per masked weight "
+                f"({statistics.mean(r['mask_bytes'] for r in fp32) / 1024:.0f} KiB for "
+                f"{fp32[0]['masked_weights']:,} weights, {100 * (1 - kept):.2f}% removed) against 1 bit per weight for a "
+                f"plain bitmask ({fp32[0]['masked_weights'] / 8 / 1024:.0f} KiB); the whole task artifact (mask, head, "
+                f"headers) is {statistics.mean(r['task_artifact_bytes'] for r in fp32) / 1024:.0f} KiB.")
+    steps = f"max {args.max_steps} steps" if args.max_steps else "all steps"
+    return "\n".join([
+        "## P3 on vader: fine-tune weights vs fine-tune structure, FP32 and quantized bases (MiniLM-L6)",
+        "",
+        f"`benchmarks/mask_vader.py`: {args.seeds} seeds, {args.epochs} epoch(s) ({steps}), batch {args.batch_size}, "
+        f"max_length {args.max_length}; fine-tuning lr {args.ft_lr}; structure: score lr {args.score_lr}, margin "
+        f"{args.margin}, head lr {args.head_lr}, threshold 0, no initial sparsity. Quantized bases: embeddings and "
+        f"fully connected layers (P1 targets), one codebook per tensor, shared by all seeds. Accuracy on the dev "
+        f"split (label prior {prior:.3f}). Runs took {total_s / 60:.1f} min in all, building the quantized bases "
+        f"{sum(b['seconds'] for b in bases.values()) / 60:.1f} min. {machine_line()}.",
+        "",
+        *rows,
+        "",
+        *notes,
+        "",
+        disk,
+    ])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--max-steps", type=int, default=100, help="steps per run (0: whole epochs)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=16)
+    parser.add_argument("--bits", type=int, nargs="+", default=[8, 4, 2, 1])
+    parser.add_argument("--schemes", nargs="+", default=["linear", "kmeans"])
+    parser.add_argument("--ft-lr", type=float, default=1e-4)
+    parser.add_argument("--score-lr", type=float, default=MaskConfig.score_lr)
+    parser.add_argument("--margin", type=float, default=MaskConfig.margin)
+    parser.add_argument("--head-lr", type=float, default=1e-3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--workdir", default=None, help="bases and masks go here (default: a temporary folder)")
+    parser.add_argument("--results", default="runs/mask_vader.jsonl", help="JSON lines of finished runs (resume)")
+    args = parser.parse_args()
+    args.max_steps = args.max_steps or None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    task = load_task("vader")
+    labels = [ex.label for ex in task.splits[task.eval_split]]
+    prior = max(labels.count(c) for c in set(labels)) / len(labels)
+    configs = _configs(args.bits, args.schemes)
+    settings = {k: v for k, v in vars(args).items() if k not in ("threads", "workdir", "results", "seeds", "bits",
+                                                                   "schemes")}
+    results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    records: dict[tuple, dict] = {}
+    if results.exists():
+        for line in results.read_text().splitlines():
+            r = json.loads(line)
+            if r["settings"] == settings:
+                records[(r["name"], r["scheme"], r["bits"], r["seed"])] = r
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        workdir = Path(tmp)
+        bases = _build_bases(configs, task, workdir)
+        for seed in range(args.seeds):
+            for name, scheme, bits in configs:
+                key = (name, scheme, bits, seed)
+                if key in records:
+                    continue
+                record = _run(name, scheme, bits, seed, task, args, workdir)
+                record.update(name=name, scheme=scheme, bits=bits, seed=seed, settings=settings)
+                records[key] = record
+                with results.open("a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                print(f"{name} {bits} seed {seed}: accuracy {record['accuracy']:.4f}"
+                      + (f", kept {record['kept'][-1]:.4f}" if "kept" in record else "")
+                      + f" ({record['seconds']:.0f} s)", file=sys.stderr)
+    text = _report(configs, records, args, prior, sum(r["seconds"] for r in records.values()), bases)
+    write_section("mask_vader", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
