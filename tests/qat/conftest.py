@@ -1,4 +1,5 @@
-"""Small tasks for the QAT tests: an MNIST-1D subset and a CIFAR-10 fixture in the official pickle format."""
+"""Small tasks for the QAT tests (an MNIST-1D subset, a CIFAR-10 fixture in the official pickle format), and
+one torch thread per module: on the shared 2-core machine, several threads per process mostly wait on each other."""
 
 from __future__ import annotations
 
@@ -7,9 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fewbits.data import load_task
 from fewbits.data.base import Task
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Module scope, so that the module-scoped training fixtures run with one thread too."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

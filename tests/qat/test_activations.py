@@ -58,9 +58,9 @@ def test_step_size_is_a_trainable_model_parameter():
     assert "2.input_quantizer.scale" in model.state_dict()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     model(torch.randn(16, 4)).pow(2).sum().backward()
-    before = float(quantizer.scale)
+    before = float(quantizer.scale.detach())
     opt.step()
-    assert float(quantizer.scale) != before
+    assert float(quantizer.scale.detach()) != before
 
 
 def test_eval_before_calibration_raises_and_removal_restores_the_layer():

