@@ -58,7 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on cores shared with other jobs, more threads spend their "
-                             "time waiting for each other; 2 threads trained the 1-D CNN 30x slower here)")
+                             "time waiting for each other)")
     parser.add_argument("--cnn-seeds", type=int, nargs="*", default=[0, 1, 2],
                         help="seeds of the MNIST-1D runs (none: skip them)")
     parser.add_argument("--minilm-epochs", type=int, default=2)

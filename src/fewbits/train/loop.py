@@ -14,7 +14,8 @@ bit for bit: a run killed at any moment and resumed reaches the same parameters 
 Hooks, so that later methods need no second loop:
 - ``param_groups``: optimizer groups with their own ``lr`` (e.g. 10x on codebooks); the parameters no
   group names form the default groups (weight decay on matrices only).
-- ``loss_terms``: ``term(model, batch, outputs) -> scalar`` added to the task loss (regularizers, distillation).
+- ``loss_terms``: ``term(model, batch, outputs) -> scalar`` added to the task loss (regularizers, distillation);
+  the loss logged in metrics.jsonl is the total.
 - ``after_step``: ``hook(model, optimizer, step)`` after every optimizer step (decoupled updates).
 """
 
@@ -364,6 +365,9 @@ def train(model: nn.Module, task: Task, config: TrainConfig, *, tokenizer: Any =
             if at_epoch_end:
                 train_time += time.perf_counter() - tick
                 tock = time.perf_counter()
+                if world > 1:  # batch-norm running statistics drift apart per process: evaluate (and save) rank 0's
+                    for buffer in model.buffers():
+                        torch.distributed.broadcast(buffer, src=0)
                 metrics = {k: float(v) for k, v in task.compute_metrics(
                     *_predict(model, eval_split, eval_collate, config.eval_batch_size)).items()}
                 eval_time += time.perf_counter() - tock
