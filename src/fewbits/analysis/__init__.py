@@ -46,7 +46,8 @@ from fewbits.analysis.plots import plot_slices, plot_surface, plot_trace_vs_temp
 from fewbits.analysis.surface import Surface1D, Surface2D, grid_coordinates, surface_1d, surface_2d
 
 __all__ = [
-    "BatchLoss", "DirectionPairs", "EigenEstimate", "Evaluation", "Landscape", "ParaboloidFit", "SoftmaxCurvature", "Surface1D",
+    "BatchLoss", "DirectionPairs", "EigenEstimate", "Evaluation", "Landscape", "ParaboloidFit", "SoftmaxCurvature",
+    "Surface1D",
     "Surface2D", "TraceEstimate", "check_directions", "classification_objective", "direction_pairs",
     "effective_parameters", "evaluate", "filter_normalize", "find_head", "fit_paraboloid", "grid_coordinates",
     "head_inputs", "hessian_vector_product", "hutchinson_trace", "landscape", "load_directions",

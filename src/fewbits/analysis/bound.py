@@ -65,8 +65,8 @@ def softmax_curvature(features: torch.Tensor, weight: torch.Tensor, bias: torch.
         raise FewbitsTypeError(f"The 'features' parameter of softmax_curvature must be an (N, M) tensor. "
                                f"Got {getattr(features, 'shape', type(features).__name__)} instead.")
     if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or weight.shape[1] != features.shape[1]:
-        raise FewbitsValueError(f"The 'weight' parameter of softmax_curvature must be a (K, {features.shape[1]}) tensor. "
-                                f"Got {getattr(weight, 'shape', type(weight).__name__)} instead.")
+        raise FewbitsValueError(f"The 'weight' parameter of softmax_curvature must be a (K, {features.shape[1]}) "
+                                f"tensor. Got {getattr(weight, 'shape', type(weight).__name__)} instead.")
     if weight.shape[0] < 2:
         raise bad_param("weight", "a (K, M) tensor with K >= 2 classes", tuple(weight.shape), "softmax_curvature")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:

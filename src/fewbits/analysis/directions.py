@@ -73,7 +73,8 @@ def filter_normalize(direction: Mapping[str, torch.Tensor], weights: Mapping[str
         w = weights[name]
         if tuple(w.shape) != tuple(d.shape):
             raise FewbitsValueError(
-                f"The direction for {name!r} must have the weight's shape {tuple(w.shape)}. Got {tuple(d.shape)} instead."
+                f"The direction for {name!r} must have the weight's shape {tuple(w.shape)}. "
+                f"Got {tuple(d.shape)} instead."
             )
         if w.ndim >= 2 or include_1d:
             out[name] = _rescale(d, _filter_norms(w), _direction_dtype(w.dtype))
@@ -187,7 +188,8 @@ def check_against(weights: Mapping[str, torch.Tensor], direction: Mapping[str, t
             )
     uncovered = [n for n, w in weights.items() if w.ndim >= 2 and n not in direction]
     if uncovered and warn:
-        warnings.warn(f"The directions leave {len(uncovered)} weight(s) of the model unperturbed, e.g. {uncovered[0]!r}.",
+        warnings.warn(f"The directions leave {len(uncovered)} weight(s) of the model unperturbed, "
+                      f"e.g. {uncovered[0]!r}.",
                       UserWarning, stacklevel=4)
 
 
@@ -229,7 +231,8 @@ def load_directions(path: str | Path) -> tuple[Sequence[DirectionPair], dict[str
             header = fh.metadata() or {}
         tensors = load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types for malformed files
-        raise ArtifactError(f"{path} is not a readable safetensors file ({exc}); rewrite it with save_directions") from exc
+        raise ArtifactError(f"{path} is not a readable safetensors file ({exc}); "
+                            "rewrite it with save_directions") from exc
     if header.get("format") != FORMAT or header.get("version") != str(FORMAT_VERSION):
         raise ArtifactError(
             f"{path} is not a fewbits directions file of version {FORMAT_VERSION} "

@@ -204,7 +204,8 @@ class EigenEstimate:
         return dict(self.__dict__)
 
 
-def _power(op: _Hessian, generator: torch.Generator, shift: float, max_iter: int, tol: float) -> tuple[float, int, bool]:
+def _power(op: _Hessian, generator: torch.Generator, shift: float, max_iter: int,
+           tol: float) -> tuple[float, int, bool]:
     """Dominant eigenvalue of ``H - shift I`` (signed Rayleigh quotient), iterations used, converged."""
     v = op.like("normal", generator)
     norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in v.values()))

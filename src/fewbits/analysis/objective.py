@@ -35,7 +35,8 @@ LossFn = Callable[[nn.Module, Any], BatchLoss]
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Example-weighted mean ``loss`` and ``accuracy`` (None if the loss function gives no counts) over ``count`` examples."""
+    """Example-weighted mean ``loss`` and ``accuracy`` (None if the loss function gives no counts)
+    over ``count`` examples."""
 
     loss: float
     accuracy: float | None

@@ -52,7 +52,8 @@ class Surface1D:
 
 @dataclass
 class Surface2D:
-    """Loss (and accuracy, or None) on a grid: ``loss[i, j]`` is at ``(alphas[i], betas[j])``, shape (len(alphas), len(betas))."""
+    """Loss (and accuracy, or None) on a grid: ``loss[i, j]`` is at ``(alphas[i], betas[j])``;
+    shape (len(alphas), len(betas))."""
 
     alphas: np.ndarray
     betas: np.ndarray
@@ -111,7 +112,8 @@ def _coordinates(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
 
 
 def _walk(model: nn.Module, batches: Iterable[Any], directions: Sequence[Mapping[str, torch.Tensor]],
-          points: list[tuple[float, ...]], loss_fn: LossFn | None, progress: bool, desc: str) -> list[tuple[float, float | None]]:
+          points: list[tuple[float, ...]], loss_fn: LossFn | None, progress: bool,
+          desc: str) -> list[tuple[float, float | None]]:
     """Evaluate at ``w + sum_k c_k d_k`` for each tuple of coefficients ``c`` in ``points``."""
     prepared = prepare_batches(model, batches)
     weights = effective_parameters(model)

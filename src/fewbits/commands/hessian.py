@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
               "loss": centre.loss, "accuracy": centre.accuracy, "hutchinson": trace.to_dict()}
     print(f"{task.name} {task.eval_split} ({centre.count} examples): loss {centre.loss:.4f}")
     state = "converged" if trace.converged else f"not converged to tol {args.tol}"
-    print(f"Hessian trace (Hutchinson, {trace.probes} probes, {state}): {trace.trace:.5g} +- {trace.standard_error:.2g}")
+    print(f"Hessian trace (Hutchinson, {trace.probes} probes, {state}): "
+          f"{trace.trace:.5g} +- {trace.standard_error:.2g}")
     if args.eig_iters:
         eig = top_eigenvalue(model, batches, which=args.which, max_iter=max(args.eig_iters, 2), seed=args.seed)
         report["eigenvalues"] = eig.to_dict()
