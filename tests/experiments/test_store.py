@@ -10,7 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from fewbits.experiments.store import Lock, Store, read_json, write_json_atomic
+import numpy as np
+
+from fewbits.experiments.store import Lock, Store, jsonable, read_json, write_json_atomic
 
 
 def test_lock_is_exclusive_and_released(tmp_path: Path) -> None:
@@ -51,6 +53,10 @@ def test_atomic_json_and_reading_partial_files(tmp_path: Path) -> None:
     write_json_atomic(path, {"a": 1})
     assert read_json(path) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]  # no temporary file left behind
+    write_json_atomic(path, {"r2": float("nan"), "x": np.float32(0.5), "n": np.int64(3), "v": np.arange(2),
+                             "p": Path("/a"), "t": (1, float("inf"))})
+    assert read_json(path) == {"r2": None, "x": 0.5, "n": 3, "v": [0, 1], "p": "/a", "t": [1, None]}
+    assert jsonable({1: [np.float64(2.0)]}) == {"1": [2.0]}
     path.write_text('{"a": ')  # what a torn write would look like
     assert read_json(path) is None
     assert read_json(tmp_path / "missing.json") is None

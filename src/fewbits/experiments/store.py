@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import math
 import os
 import shutil
 import socket
@@ -35,9 +36,26 @@ STAGES_DIR, WORK_DIR, LOCKS_DIR, FAILED_DIR = "_stages", "_work", "_locks", "_fa
 SWEEP_LOG = "_sweeps.jsonl"
 
 
+def jsonable(obj: Any) -> Any:
+    """``obj`` as strict JSON data: numpy scalars and arrays as numbers and lists, paths as strings, tuples as
+    lists, and NaN or infinite floats as null (a diverged fit must not cost a finished run its result)."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):  # numpy scalars and arrays, tensors
+        return jsonable(obj.tolist())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
-    text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    """Write ``data`` (through :func:`jsonable`) as JSON to a temporary file beside ``path``, fsync it, then
+    rename it over ``path``."""
+    text = json.dumps(jsonable(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as fh:
