@@ -93,8 +93,8 @@ def main() -> None:
         print(f"repeat {r + 1}/{n_batches}", file=sys.stderr)
 
     reference = times[names[0]]
-    rows = ["| variant | trainable values | median step (ms) | ratio to full fine-tuning (median of per-repeat ratios) |",
-            "|---|---|---|---|"]
+    rows = ["| variant | trainable values | median step (ms) | ratio to full fine-tuning (median of per-repeat "
+            "ratios) |", "|---|---|---|---|"]
     for name in names:
         model_, _ = variants[name]
         trainable = sum(p.numel() for p in model_.parameters() if p.requires_grad)

@@ -109,15 +109,28 @@ def _report(configs, records: dict, args, prior: float, total_s: float, bases: d
                     f"{bpw} | {secs:.0f} |")
     full = means.get(("fine-tune structure", None, 32))
     notes = []
+    weights, head = means.get(("fine-tune weights", None, 32)), means.get(("head only (no mask)", None, 32))
+    if full is not None and weights is not None:
+        notes.append(f"- Structure on FP32 weights: {full:.3f} against {weights:.3f} for fine-tuning the weights "
+                     f"({full - weights:+.3f})" + (f"; the head alone over frozen features reaches {head:.3f}, so the "
+                                                   "mask, not the head, does the adapting." if head is not None else "."))
+    by_scheme = {}
     for scheme in args.schemes:
-        got = {b: means[(f"structure, {scheme}", scheme, b)] for b in args.bits if (f"structure, {scheme}", scheme, b) in means}
+        got = {b: means[(f"structure, {scheme}", scheme, b)] for b in args.bits
+               if (f"structure, {scheme}", scheme, b) in means}
+        by_scheme[scheme] = got
         if full is None or not got:
             continue
         parts = [f"{b}-bit {v:.3f} ({v - full:+.3f})" for b, v in sorted(got.items(), reverse=True)]
-        collapsed = [b for b, v in got.items() if v <= prior + 0.02]
-        notes.append(f"- {scheme}: " + ", ".join(parts) + " against FP32 structure; at the label prior "
-                     f"({prior:.3f}) within 0.02: " + (", ".join(f"{b}-bit" for b in sorted(collapsed, reverse=True))
-                                                      if collapsed else "none") + ".")
+        collapsed = sorted((b for b, v in got.items() if v <= prior + 0.02), reverse=True)
+        holds = (8 in got and abs(got[8] - full) <= 0.01 and {1, 2} <= set(collapsed))
+        notes.append(f"- {scheme}: " + ", ".join(parts) + " against FP32 structure; at the label prior (within "
+                     f"0.02): {', '.join(f'{b}-bit' for b in collapsed) or 'none'}. P3's shape (8-bit within 0.01 "
+                     f"of full precision, 2 and 1 bit collapsed): {'holds' if holds else 'does not hold'}.")
+    common = sorted(set(by_scheme.get("kmeans", {})) & set(by_scheme.get("linear", {})), reverse=True)
+    if common:
+        notes.append("- k-means minus linear, same bits: " + ", ".join(
+            f"{b}-bit {by_scheme['kmeans'][b] - by_scheme['linear'][b]:+.3f}" for b in common) + ".")
     fp32 = [records[k] for k in records if k[0] == "fine-tune structure"]
     disk = ""
     if fp32:
@@ -125,10 +138,12 @@ def _report(configs, records: dict, args, prior: float, total_s: float, bases: d
         kept = statistics.mean(r["kept"][-1] for r in fp32)
         disk = (f"Mask on disk for the trained FP32 vader masks: {bpw:.3f} bits per masked weight "
                 f"({statistics.mean(r['mask_bytes'] for r in fp32) / 1024:.0f} KiB for "
-                f"{fp32[0]['masked_weights']:,} weights, {100 * (1 - kept):.2f}% removed) against 1 bit per weight for a "
-                f"plain bitmask ({fp32[0]['masked_weights'] / 8 / 1024:.0f} KiB); the whole task artifact (mask, head, "
-                f"headers) is {statistics.mean(r['task_artifact_bytes'] for r in fp32) / 1024:.0f} KiB.")
+                f"{fp32[0]['masked_weights']:,} weights, {100 * (1 - kept):.2f}% removed) against 1 bit per weight "
+                f"for a plain bitmask ({fp32[0]['masked_weights'] / 8 / 1024:.0f} KiB); the whole task artifact "
+                f"(mask, head, headers) is {statistics.mean(r['task_artifact_bytes'] for r in fp32) / 1024:.0f} KiB.")
     steps = f"max {args.max_steps} steps" if args.max_steps else "all steps"
+    built = (f", building the quantized bases {sum(b['seconds'] for b in bases.values()) / 60:.1f} min"
+             if bases else "")
     return "\n".join([
         "## P3 on vader: fine-tune weights vs fine-tune structure, FP32 and quantized bases (MiniLM-L6)",
         "",
@@ -136,8 +151,8 @@ def _report(configs, records: dict, args, prior: float, total_s: float, bases: d
         f"max_length {args.max_length}; fine-tuning lr {args.ft_lr}; structure: score lr {args.score_lr}, margin "
         f"{args.margin}, head lr {args.head_lr}, threshold 0, no initial sparsity. Quantized bases: embeddings and "
         f"fully connected layers (P1 targets), one codebook per tensor, shared by all seeds. Accuracy on the dev "
-        f"split (label prior {prior:.3f}). Runs took {total_s / 60:.1f} min in all, building the quantized bases "
-        f"{sum(b['seconds'] for b in bases.values()) / 60:.1f} min. {machine_line()}.",
+        f"split (label prior {prior:.3f}). Runs took {total_s / 60:.1f} min in all (sum of per-run times){built}. "
+        f"{machine_line()}.",
         "",
         *rows,
         "",
@@ -184,20 +199,19 @@ def main() -> None:
                 records[(r["name"], r["scheme"], r["bits"], r["seed"])] = r
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         workdir = Path(tmp)
-        bases = _build_bases(configs, task, workdir)
-        for seed in range(args.seeds):
-            for name, scheme, bits in configs:
-                key = (name, scheme, bits, seed)
-                if key in records:
-                    continue
-                record = _run(name, scheme, bits, seed, task, args, workdir)
-                record.update(name=name, scheme=scheme, bits=bits, seed=seed, settings=settings)
-                records[key] = record
-                with results.open("a") as fh:
-                    fh.write(json.dumps(record) + "\n")
-                print(f"{name} {bits} seed {seed}: accuracy {record['accuracy']:.4f}"
-                      + (f", kept {record['kept'][-1]:.4f}" if "kept" in record else "")
-                      + f" ({record['seconds']:.0f} s)", file=sys.stderr)
+        todo = [(name, scheme, bits, seed) for seed in range(args.seeds) for name, scheme, bits in configs
+                if (name, scheme, bits, seed) not in records]
+        bases = _build_bases(sorted({(n, s, b) for n, s, b, _ in todo if s}), task, workdir)
+        for key in todo:
+            name, scheme, bits, seed = key
+            record = _run(name, scheme, bits, seed, task, args, workdir)
+            record.update(name=name, scheme=scheme, bits=bits, seed=seed, settings=settings)
+            records[key] = record
+            with results.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            print(f"{name} {bits} seed {seed}: accuracy {record['accuracy']:.4f}"
+                  + (f", kept {record['kept'][-1]:.4f}" if "kept" in record else "")
+                  + f" ({record['seconds']:.0f} s)", file=sys.stderr)
     text = _report(configs, records, args, prior, sum(r["seconds"] for r in records.values()), bases)
     write_section("mask_vader", text)
     print(text)

@@ -68,7 +68,8 @@ class MaskConfig:
         """Validate every field (the template error names the bad one); returns self."""
         for name in ("score_lr", "margin") + (("head_lr",) if self.head_lr is not None else ()):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value <= 0:
                 raise bad_param(name, "a finite number > 0", value, "MaskConfig")
         for name in ("init_sparsity",) + (("sparsity",) if self.sparsity is not None else ()):
             value = getattr(self, name)
@@ -308,7 +309,8 @@ def load_mask(base: str | os.PathLike, mask_dir: str | os.PathLike) -> tuple[nn.
     if expected != actual:
         source = artifact.manifest["base"].get("source") or "unknown"
         raise ArtifactError(f"{mask_dir}: this mask was trained on another base (sha256 {expected[:12]}..., loaded "
-                            f"from {source}), not on {base} (sha256 {actual[:12]}...); give the base it was trained on.")
+                            f"from {source}), not on {base} (sha256 {actual[:12]}...); give the base it was "
+                            "trained on.")
     task_info = artifact.manifest["info"].get("task", {})
     num_labels = task_info.get("num_labels") if isinstance(task_info, dict) else None
     if not isinstance(num_labels, int) or num_labels < 1:
@@ -338,6 +340,6 @@ def load_mask(base: str | os.PathLike, mask_dir: str | os.PathLike) -> tuple[nn.
 
 def mask_settings(config: MaskConfig, train_config: TrainConfig) -> dict[str, Any]:
     """JSON-safe record of the settings a mask was trained with (stored in the artifact's info)."""
-    train_fields = {k: v for k, v in asdict(train_config).items() if isinstance(v, (int, float, str, bool, type(None)))}
-    return {"mask": {k: v for k, v in asdict(config).items() if isinstance(v, (int, float, str, bool, list, type(None)))},
-            "train": train_fields}
+    plain = (int, float, str, bool, list, type(None))
+    return {"mask": {k: v for k, v in asdict(config).items() if isinstance(v, plain)},
+            "train": {k: v for k, v in asdict(train_config).items() if isinstance(v, plain)}}

@@ -29,7 +29,8 @@ def sign_quantizer(weight: torch.Tensor, bits: int, *, group_size: int, **_) -> 
 @pytest.fixture
 def batch() -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
-    return {"input_ids": torch.randint(1, 60, (8, 6), generator=gen), "labels": torch.randint(0, 2, (8,), generator=gen)}
+    return {"input_ids": torch.randint(1, 60, (8, 6), generator=gen),
+            "labels": torch.randint(0, 2, (8,), generator=gen)}
 
 
 @pytest.fixture(scope="session")

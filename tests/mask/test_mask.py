@@ -72,7 +72,8 @@ def test_straight_through_gradient():
 
 def test_target_sparsity_is_exact_per_layer_and_starts_from_magnitude(make_bert, batch):
     model = make_bert()
-    bases = {n: m.weight.detach().clone() for n, m in model.named_modules() if hasattr(m, "weight") and m.weight is not None}
+    bases = {n: m.weight.detach().clone() for n, m in model.named_modules()
+             if getattr(m, "weight", None) is not None}
     apply_mask(model, sparsity=0.3, margin=0.1)
     for name, (module, m) in mask_modules(model).items():
         n = m.scores.numel()

@@ -377,7 +377,8 @@ def _read_checked(directory: Path) -> tuple[dict, bytes, dict]:
           and isinstance(manifest.get("head"), list) and isinstance(manifest.get("info", {}), dict)
           and all(isinstance(m, dict) and isinstance(m.get("shape"), list)
                   and all(isinstance(s, int) and s >= 0 for s in m["shape"]) and isinstance(m.get("kept"), int)
-                  and m.get("method") in METHODS and isinstance(m.get("params"), dict) and isinstance(m.get("tied"), list)
+                  and m.get("method") in METHODS and isinstance(m.get("params"), dict)
+                  and isinstance(m.get("tied"), list)
                   for m in manifest["masks"].values()))
     if not ok:
         raise ArtifactError(f"{path}: malformed mask manifest; train the mask again.")
@@ -491,12 +492,14 @@ def describe_mask(directory: str | os.PathLike) -> MaskSummary:
 def format_mask_summary(summary: MaskSummary, max_layers: int | None = None) -> str:
     """The text ``fewbits info`` prints for a task artifact: per-layer mask sizes and sparsity, then totals."""
     task = summary.info.get("task", {}).get("name", "?") if isinstance(summary.info.get("task"), dict) else "?"
+    source = summary.base_source or "source unknown"
     lines = [f"task mask  {summary.directory}",
-             f"task       {task}; base sha256 {summary.base_sha256[:16]}... ({summary.base_source or 'source unknown'})",
+             f"task       {task}; base sha256 {summary.base_sha256[:16]}... ({source})",
              ""]
     layers = sorted(summary.layers, key=lambda m: -m.numel)[:max_layers] if max_layers else summary.layers
     width = max([len("layer")] + [len(m.name) for m in layers])
-    lines.append(f"{'layer':<{width}}  {'shape':>14}  {'sparsity':>8}  {'method':>7}  {'bytes':>9}  {'bits/weight':>11}")
+    lines.append(f"{'layer':<{width}}  {'shape':>14}  {'sparsity':>8}  {'method':>7}  {'bytes':>9}  "
+                 f"{'bits/weight':>11}")
     for m in layers:
         lines.append(f"{m.name:<{width}}  {'x'.join(map(str, m.shape)):>14}  {100 * m.sparsity:>7.2f}%  "
                      f"{m.method:>7}  {m.nbytes:>9,}  {m.bits_per_weight:>11.4f}")
