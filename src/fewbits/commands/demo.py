@@ -1,0 +1,214 @@
+"""The main job on the offline default: P1 (linear vs k-means quantization) on MiniLM-L6 and VADER.
+
+One FP32 fine-tune of all-MiniLM-L6-v2 on the VADER lexicon's word sentiment, then for every scheme
+(linear, kmeans, optimal) and bit width (1, 2, 3, 4): quantize every embedding and fully connected
+weight except the classifier, evaluate, fine-tune the codebooks briefly (P1: codes frozen, mean
+centroid gradients, codebooks at 10x the base rate), evaluate again, save the compact artifact.
+Prints the table (score before/after centroid fine-tuning, artifact size, ratio to FP32) and writes
+into --out: results.md, results.json, p1.png (score vs bits), the artifacts (<scheme>-<bits>bit/,
+inspect with `fewbits info`) and the FP32 model (fp32-<key>/). A rerun reuses every finished step
+whose settings are unchanged (--fresh starts over). About 10 minutes on 2 CPU cores.
+
+--weights-only skips training and evaluation: it quantizes the pretrained model's weights and prints
+each scheme's relative squared weight error per bit width and the time it took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fewbits.errors import bad_param
+
+DEFAULT_SCHEMES = ("linear", "kmeans", "optimal")
+DEFAULT_BITS = (1, 2, 3, 4)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `fewbits demo`."""
+    parser.add_argument("--out", default="demo-out", help="output directory (demo-out)")
+    parser.add_argument("--model", default="minilm",
+                        help="base model to fine-tune: minilm (all-MiniLM-L6-v2, offline; default), tiny-bert, ...")
+    parser.add_argument("--task", default="vader", help="task (vader, offline; default)")
+    parser.add_argument("--schemes", nargs="+", default=list(DEFAULT_SCHEMES),
+                        help="schemes to compare (linear kmeans optimal)")
+    parser.add_argument("--bits", nargs="+", type=int, default=list(DEFAULT_BITS), help="bit widths (1 2 3 4)")
+    parser.add_argument("--fp32-epochs", type=int, default=2, help="epochs of the FP32 fine-tune (2)")
+    parser.add_argument("--finetune-steps", type=int, default=40,
+                        help="centroid fine-tuning steps per quantized model (40; 0: none)")
+    parser.add_argument("--lr", type=float, default=1e-4,
+                        help="base learning rate of both fine-tunes (1e-4); codebooks train at 10x")
+    parser.add_argument("--batch-size", type=int, default=32, help="examples per step (32)")
+    parser.add_argument("--max-length", type=int, default=16, help="tokens per input (16: VADER inputs are words)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the head, data order, k-means++ (0)")
+    parser.add_argument("--fresh", action="store_true", help="ignore finished steps in --out and recompute all")
+    parser.add_argument("--weights-only", action="store_true",
+                        help="only quantize the pretrained weights; print the relative weight error and time per scheme")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def _check(args: argparse.Namespace) -> None:
+    from fewbits.quantize import SCHEMES
+
+    for scheme in args.schemes:
+        if scheme not in SCHEMES:
+            raise bad_param("--schemes", f"names among {sorted(SCHEMES)}", scheme, "fewbits demo")
+    for bits in args.bits:
+        if not 1 <= bits <= 8:
+            raise bad_param("--bits", "ints in [1, 8]", bits, "fewbits demo")
+    for name in ("fp32_epochs", "batch_size", "max_length"):
+        if getattr(args, name) < 1:
+            raise bad_param(f"--{name.replace('_', '-')}", "an int >= 1", getattr(args, name), "fewbits demo")
+    if args.finetune_steps < 0:
+        raise bad_param("--finetune-steps", "an int >= 0", args.finetune_steps, "fewbits demo")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise bad_param("--out", "a directory", str(out), "fewbits demo")
+
+
+def _weights_only(args: argparse.Namespace) -> int:
+    """Quantize the pretrained model with every scheme and bit width; print the relative weight error and time."""
+    import copy
+
+    from tqdm.auto import tqdm
+
+    import fewbits
+    from fewbits.models import load_model
+    from fewbits.pipeline import quantization_error
+
+    model, _ = load_model(args.model, num_labels=2)
+    errors: dict[tuple[str, int], float] = {}
+    seconds = dict.fromkeys(args.schemes, 0.0)
+    cells = [(s, b) for s in args.schemes for b in args.bits]
+    for scheme, bits in tqdm(cells, desc="quantizing", unit="model", file=sys.stderr, disable=args.no_progress):
+        twin = copy.deepcopy(model)
+        tick = time.perf_counter()
+        reports = fewbits.compress(twin, scheme, bits, seed=args.seed)
+        seconds[scheme] += time.perf_counter() - tick
+        errors[scheme, bits] = quantization_error(reports)[1]
+    n = sum(math.prod(r.shape) for r in reports)
+    print(f"{args.model}: {len(reports)} weights, {n / 1e6:.2f}M values (every embedding and fully connected layer "
+          "but the head)")
+    print("relative squared error sum((w - w_hat)^2) / sum(w^2) (lower is better; optimal is the least possible)\n")
+    header = f"{'scheme':<9}" + "".join(f"{f'{b}-bit':>11}" for b in args.bits) + f"{'time':>10}"
+    print(header)
+    print("-" * len(header))
+    for scheme in args.schemes:
+        print(f"{scheme:<9}" + "".join(f"{errors[scheme, b]:>11.4f}" for b in args.bits) + f"{seconds[scheme]:>9.1f}s")
+    return 0
+
+
+def _load_record(path: Path) -> dict[str, Any] | None:
+    """A finished cell's record, or None when missing or unreadable (then it is recomputed)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Fine-tune FP32 once, run P1 for every (scheme, bits), write and print the table and the plot."""
+    _check(args)
+    if args.weights_only:
+        return _weights_only(args)
+    import copy
+
+    from tqdm.auto import tqdm
+
+    from fewbits.data import load_task
+    from fewbits.experiments.stages_common import prior_metrics
+    from fewbits.pipeline import (P1Config, P1Result, config_key, finetune_fp32, fp32_settings, plot_scores,
+                                  quantize_finetune)
+    from fewbits.train import TrainConfig
+    from fewbits.train.checkpoint import write_text_atomic
+
+    started = time.perf_counter()
+    out, progress = Path(args.out), not args.no_progress
+    if args.fresh:
+        shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    task = load_task(args.task)
+    fp32_config = TrainConfig(epochs=args.fp32_epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                              max_length=args.max_length, eval_batch_size=256)
+    fp32_dir = out / f"fp32-{config_key(fp32_settings(args.model, task, fp32_config))}"
+    fp32 = finetune_fp32(args.model, task, fp32_config, fp32_dir, progress=progress)
+    metric = task.main_metric
+    print(f"FP32 {args.model} on {task.name} ({'reused' if fp32.reused else 'fine-tuned'}, {fp32_dir}): "
+          f"{metric} {fp32.metrics[metric]:.4f}", file=sys.stderr)
+
+    results: list[P1Result] = []
+    cells = [(s, b) for s in args.schemes for b in args.bits]
+    bar = tqdm(cells, desc="P1 models", unit="model", file=sys.stderr, disable=not progress)
+    for scheme, bits in bar:
+        bar.set_postfix_str(f"{scheme} {bits}-bit")
+        config = P1Config(scheme=scheme, bits=bits, seed=args.seed, epochs=1 if args.finetune_steps else 0,
+                          max_steps=args.finetune_steps or None, batch_size=args.batch_size, lr=args.lr,
+                          max_length=args.max_length)
+        key = config_key({"fp32": fp32.key, "p1": config.to_dict()})
+        artifact_dir, record_path = out / f"{scheme}-{bits}bit", out / "cells" / f"{scheme}-{bits}bit.json"
+        record = _load_record(record_path)
+        if record is not None and record.get("key") == key and artifact_dir.is_dir():
+            results.append(P1Result.from_dict(record["result"]))
+            continue
+        result = quantize_finetune(copy.deepcopy(fp32.model), task, config, tokenizer=fp32.tokenizer,
+                                   artifact_dir=artifact_dir, progress=progress)
+        record_path.parent.mkdir(exist_ok=True)
+        write_text_atomic(record_path, json.dumps({"key": key, "result": result.to_dict()}, indent=2))
+        results.append(result)
+    bar.close()
+
+    prior = prior_metrics(task)[metric]
+    summary = {"model": args.model, "task": task.name, "split": task.eval_split, "metric": metric,
+               "fp32": fp32.metrics, "label_prior": prior,
+               "settings": {"fp32_epochs": args.fp32_epochs, "finetune_steps": args.finetune_steps, "lr": args.lr,
+                            "quantized_lr_scale": 10.0, "batch_size": args.batch_size,
+                            "max_length": args.max_length, "seed": args.seed},
+               "results": [r.to_dict() for r in results], "seconds": time.perf_counter() - started}
+    markdown = results_markdown(summary)
+    write_text_atomic(out / "results.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(out / "results.md", markdown + "\n")
+    plot = plot_scores(results, out / "p1.png", fp32_score=fp32.metrics[metric], prior_score=prior,
+                       title=f"P1 on {args.model} / {task.name} ({args.finetune_steps} centroid fine-tuning steps)")
+    print(markdown)
+    print(f"\nwritten: {out / 'results.md'}, {out / 'results.json'}, {plot}; "
+          f"this run took {summary['seconds'] / 60:.1f} min")
+    return 0
+
+
+def results_markdown(summary: dict[str, Any]) -> str:
+    """The demo's table (scheme x bits) and, per bit width, whether k-means beats linear, as Markdown."""
+    from fewbits.pipeline import P1Result
+
+    results = [P1Result.from_dict(r) for r in summary["results"]]
+    metric = summary["metric"]
+    lines = [f"{summary['model']} on {summary['task']} ({summary['split']} {metric}, %): FP32 "
+             f"{100 * summary['fp32'][metric]:.1f}; label prior (always the majority class) "
+             f"{100 * summary['label_prior']:.1f}.", "",
+             "| scheme | bits | quantized | + centroid fine-tuning | weight error | artifact | bits/weight | "
+             "ratio to FP32 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        art = r.artifact or {}
+        size = f"{art['bytes'] / 2**20:.2f} MiB" if art else "-"
+        lines.append(f"| {r.config['scheme']} | {r.config['bits']} | {100 * r.score_before:.1f} | "
+                     f"{100 * r.score_after:.1f} | {r.relative_error:.3g} | {size} | "
+                     f"{art.get('bits_per_weight', float('nan')):.2f} | {art.get('ratio', float('nan')):.1f}x |")
+    by = {(r.config["scheme"], r.config["bits"]): r for r in results}
+    verdicts = []
+    for bits in sorted({r.config["bits"] for r in results}):
+        lin, km = by.get(("linear", bits)), by.get(("kmeans", bits))
+        if lin and km:
+            gap = 100 * (km.score_after - lin.score_after)
+            verdicts.append(f"{bits}-bit {'yes' if gap > 0 else 'no'} ({gap:+.1f} pts)")
+    if verdicts:
+        lines += ["", "linear < kmeans after centroid fine-tuning (P1's claim): " + "; ".join(verdicts) + "."]
+    fp32_bytes = next((r.artifact["fp32_bytes"] for r in results if r.artifact), None)
+    if fp32_bytes:
+        lines.append(f"FP32 size {fp32_bytes / 2**20:.1f} MiB (every value at 4 bytes).")
+    return "\n".join(lines)

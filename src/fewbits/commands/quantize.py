@@ -1,0 +1,114 @@
+"""P1 on one model: quantize a fine-tuned model, fine-tune its codebooks, evaluate, save a compact artifact.
+
+--model is either a directory written by `fewbits finetune` (used as the fine-tuned FP32 model as is), or a
+base model (minilm, tiny-bert, cnn1d, resnet18, a hub id) that is first fine-tuned on --task for
+--fp32-epochs and saved in OUT/fp32 (reused by a rerun with the same settings). Then every embedding and
+fully connected weight except the task head is quantized with --scheme at --bits, the model is evaluated,
+its codebooks are fine-tuned as in P1 (codes frozen, each centroid moved by the mean gradient of its
+weights, codebooks at --quantized-lr-scale times --lr, unquantized parameters at --lr), evaluated again,
+and saved with fewbits.save in OUT/artifact (`fewbits info OUT/artifact` shows its sizes). OUT/result.json
+holds the scores, the quantization error and the sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from fewbits.commands.finetune import RECIPES
+from fewbits.errors import bad_param
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `fewbits quantize`."""
+    parser.add_argument("--model", default="minilm",
+                        help="a directory written by fewbits finetune (used as is), or a base model to fine-tune "
+                             "first: minilm (offline, default), tiny-bert, cnn1d, resnet18, a hub id")
+    parser.add_argument("--task", required=True, help="task name: vader, vader-regression, glue/<name>, mnist1d, ...")
+    parser.add_argument("--data-dir", default=None, help="folder with the task's files (see fewbits finetune)")
+    parser.add_argument("--scheme", required=True, help="linear (P1), kmeans (P1), optimal (least squared error), "
+                                                        "uniform")
+    parser.add_argument("--bits", type=int, required=True, help="bits per weight, 1 to 8")
+    parser.add_argument("--groups", type=int, default=None,
+                        help="codebooks per weight tensor (default one; P1's group-wise: 128)")
+    parser.add_argument("--max-iter", type=int, default=3,
+                        help="k-means Lloyd iterations (P1: 3, the default; 0: until convergence)")
+    parser.add_argument("--finetune-epochs", type=int, default=1,
+                        help="centroid fine-tuning epochs (1; 0: evaluate the quantized model only)")
+    parser.add_argument("--finetune-max-steps", type=int, default=None,
+                        help="stop the centroid fine-tuning after this many steps")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="base learning rate of the unquantized parameters (default: the model's fine-tuning "
+                             "rate, 5e-5 for Hugging Face models)")
+    parser.add_argument("--quantized-lr-scale", type=float, default=10.0,
+                        help="codebooks train at this times --lr (P1: 10)")
+    parser.add_argument("--batch-size", type=int, default=None, help="examples per step (default: the model's, 32)")
+    parser.add_argument("--max-length", type=int, default=128, help="tokens per text input (128; 16 suits vader)")
+    parser.add_argument("--eval-batch-size", type=int, default=256, help="examples per evaluation forward pass (256)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of k-means++, data order, dropout, a new head (0)")
+    parser.add_argument("--fp32-epochs", type=int, default=None,
+                        help="epochs of the FP32 fine-tune when --model is a base model (default: the model's, 3)")
+    parser.add_argument("--fp32-max-steps", type=int, default=None, help="cap on the FP32 fine-tune's steps")
+    parser.add_argument("--out", required=True, help="output directory: artifact/, result.json (and fp32/)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def _family(model: str) -> str:
+    """Which fine-tuning recipe of `fewbits finetune` a model follows: a built-in's name, else "hf"."""
+    config = Path(model).expanduser() / "config.json"
+    if config.is_file():
+        try:
+            model = str(json.loads(config.read_text()).get("fewbits_model", "hf"))
+        except (ValueError, AttributeError):
+            return "hf"  # load_model reports an unreadable config itself
+    return model if model in RECIPES else "hf"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check the settings, get the FP32 model, run the pipeline, save and print the result."""
+    from fewbits.data import load_task
+    from fewbits.pipeline import P1Config, artifact_sizes, finetune_fp32, load_fp32, quantize_finetune
+    from fewbits.train import TrainConfig, evaluate
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise bad_param("--out", "a directory", str(out), "fewbits quantize")
+    model_dir = Path(args.model).expanduser()
+    recipe = RECIPES[_family(args.model)]
+    lr = args.lr if args.lr is not None else recipe["lr"]
+    batch_size = args.batch_size if args.batch_size is not None else int(recipe["batch_size"])
+    config = P1Config(scheme=args.scheme, bits=args.bits, groups=args.groups, max_iter=args.max_iter or None,
+                      seed=args.seed, epochs=args.finetune_epochs, max_steps=args.finetune_max_steps,
+                      batch_size=batch_size, lr=lr, quantized_lr_scale=args.quantized_lr_scale,
+                      max_length=args.max_length, eval_batch_size=args.eval_batch_size)
+    fp32_config = None
+    if not model_dir.is_dir():
+        fp32_config = TrainConfig(epochs=args.fp32_epochs if args.fp32_epochs is not None else int(recipe["epochs"]),
+                                  batch_size=batch_size, eval_batch_size=args.eval_batch_size, lr=lr, seed=args.seed,
+                                  max_length=args.max_length, max_steps=args.fp32_max_steps)
+    progress = not args.no_progress
+
+    task = load_task(args.task, args.data_dir)
+    if fp32_config is None:
+        model, tokenizer = load_fp32(model_dir, task)
+        fp32_metrics = evaluate(model, task, tokenizer=tokenizer, batch_size=args.eval_batch_size,
+                                max_length=args.max_length)
+        source = str(model_dir)
+    else:
+        fp32 = finetune_fp32(args.model, task, fp32_config, out / "fp32", progress=progress)
+        model, tokenizer, fp32_metrics, source = fp32.model, fp32.tokenizer, fp32.metrics, str(fp32.directory)
+        print(f"FP32 model {'reused from' if fp32.reused else 'fine-tuned into'} {fp32.directory}")
+    result = quantize_finetune(model, task, config, tokenizer=tokenizer, artifact_dir=out / "artifact",
+                               progress=progress)
+    record = {"model": args.model, "fp32_model": source, "task": task.name, "split": task.eval_split,
+              "fp32": fp32_metrics, **result.to_dict()}
+    (out / "result.json").write_text(json.dumps(record, indent=2) + "\n")
+
+    metric, art = task.main_metric, artifact_sizes(out / "artifact")
+    print(f"{task.name} {task.eval_split} {metric}: FP32 {fp32_metrics[metric]:.4f} | {args.scheme} {args.bits}-bit "
+          f"quantized {result.score_before:.4f} -> {result.score_after:.4f} after {result.steps} centroid "
+          f"fine-tuning steps (relative weight error {result.relative_error:.3g})")
+    print(f"artifact {art['path']}: {art['bytes'] / 2**20:.2f} MiB, {art['bits_per_weight']:.3f} bits per weight, "
+          f"{art['ratio']:.2f}x smaller than FP32 ({art['fp32_bytes'] / 2**20:.2f} MiB)")
+    return 0
