@@ -39,28 +39,22 @@ def linear_codes(x, lo, hi, bits, codes, wsum, xsum, center):
 
 
 @njit(**_NB)
-def histogram_atoms(x, sw, has_sw, lo, hi, n_bins, center, ptr, atom_v, atom_c, atom_s, atom_q):
+def histogram_atoms(x, sw, has_sw, lo, hi, n_bins, center, ptr, atom_v, atom_c, atom_s):
     """Fine equal-width histogram of each group, compressed to its non-empty bins (the atoms).
 
     The bin index is ``floor((x - lo) / ((hi - lo) / n_bins))``, the same expression as the linear
     scheme's with a finer width, so linear's partition is one the histogram can express.
-    ``atom_v`` holds the weighted mean of each bin (plain mean where its weight is 0).
+    ``atom_v`` holds the weighted mean of each bin (plain mean where its weight is 0). Bins keep
+    one interleaved row of sums each (weight, weighted sum, count, sum), one cache line per value.
     """
     n_groups, n = x.shape
-    cnt = np.zeros(n_bins, np.float64)
-    c = np.zeros(n_bins, np.float64)
-    s = np.zeros(n_bins, np.float64)
-    s1 = np.zeros(n_bins, np.float64)
-    q = np.zeros(n_bins, np.float64)
+    acc = np.zeros((n_bins, 4), np.float64)
     out = 0
     ptr[0] = 0
     for g in range(n_groups):
         for b in range(n_bins):
-            cnt[b] = 0.0
-            c[b] = 0.0
-            s[b] = 0.0
-            s1[b] = 0.0
-            q[b] = 0.0
+            for f in range(4):
+                acc[b, f] = 0.0
         width = (hi[g] - lo[g]) / n_bins
         for t in range(n):
             v = np.float64(x[g, t])
@@ -68,18 +62,21 @@ def histogram_atoms(x, sw, has_sw, lo, hi, n_bins, center, ptr, atom_v, atom_c, 
             if width > 0.0:
                 b = min(int((v - lo[g]) / width), n_bins - 1)
             d = v - center[g]
-            w = sw[g, t] if has_sw else 1.0
-            cnt[b] += 1.0
-            s1[b] += d
-            c[b] += w
-            s[b] += w * d
-            q[b] += w * d * d
+            if has_sw:
+                w = sw[g, t]
+                acc[b, 0] += w
+                acc[b, 1] += w * d
+                acc[b, 2] += 1.0
+                acc[b, 3] += d
+            else:
+                acc[b, 0] += 1.0
+                acc[b, 1] += d
         for b in range(n_bins):
-            if cnt[b] > 0.0:
-                atom_c[out] = c[b]
-                atom_s[out] = s[b]
-                atom_q[out] = q[b]
-                atom_v[out] = s[b] / c[b] if c[b] > 0.0 else s1[b] / cnt[b]
+            count = acc[b, 2] if has_sw else acc[b, 0]
+            if count > 0.0:
+                atom_c[out] = acc[b, 0]
+                atom_s[out] = acc[b, 1]
+                atom_v[out] = acc[b, 1] / acc[b, 0] if acc[b, 0] > 0.0 else acc[b, 3] / count
                 out += 1
         ptr[g + 1] = out
 

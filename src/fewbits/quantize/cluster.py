@@ -122,14 +122,17 @@ def _sorted_atoms(data: _Groups) -> tuple[np.ndarray, ...]:
 
 
 def _histogram_atoms(data: _Groups, n_bins: int) -> tuple[np.ndarray, ...]:
-    """Each group's non-empty bins of an ``n_bins`` equal-width histogram, as atoms (one pass)."""
+    """Each group's non-empty bins of an ``n_bins`` equal-width histogram, as atoms (one pass).
+
+    The sums of squares stay zero: the dynamic program does not need them (they are additive).
+    """
     size = data.n_groups * min(n_bins, data.x.shape[1])
     ptr = np.empty(data.n_groups + 1, np.int64)
-    v, c, s, q = (np.empty(size) for _ in range(4))
+    v, c, s = (np.empty(size) for _ in range(3))
     sw, has_sw = data.sw_arg()
-    _kernels.histogram_atoms(data.x, sw, has_sw, data.lo, data.hi, n_bins, data.center, ptr, v, c, s, q)
+    _kernels.histogram_atoms(data.x, sw, has_sw, data.lo, data.hi, n_bins, data.center, ptr, v, c, s)
     m = ptr[-1]
-    return ptr, v[:m], c[:m], s[:m], q[:m]
+    return ptr, v[:m], c[:m], s[:m], np.zeros(m)
 
 
 def linear(weight: torch.Tensor, bits: int, *, groups: int | str | None = None,
