@@ -88,7 +88,7 @@ def ste_phase(task, fp32: torch.nn.Module, seed: int, wbits: int, abits: int, ke
     model.load_state_dict(fp32.state_dict())
     spec = prepare_qat(model, wbits, abits, keep_first_last=keep_first_last)
     result = run_ste_phase(model, task, config("ste", seed, run), spec)
-    return finish(run, {"accuracy": result.metrics["accuracy"], "qerr": float(quantization_error(model))}, started)
+    return finish(run, {"accuracy": result.metrics["accuracy"], "qerr": float(quantization_error(model).detach())}, started)
 
 
 def second_phase(task, fp32: torch.nn.Module, seed: int, ste_dir: Path, method: str, temperature: float,
@@ -104,7 +104,7 @@ def second_phase(task, fp32: torch.nn.Module, seed: int, ste_dir: Path, method: 
                               teacher=fp32 if method == "kd" else None)
     if export:
         export_qat(model, run / "model", spec)
-    return finish(run, {"accuracy": result.metrics["accuracy"], "qerr": float(quantization_error(model)),
+    return finish(run, {"accuracy": result.metrics["accuracy"], "qerr": float(quantization_error(model).detach()),
                         "method": method, "temperature": temperature, "lam": LAM[method]}, started)
 
 
