@@ -102,6 +102,14 @@ def test_after_step_runs_after_every_optimizer_step(tmp_path):
     assert seen == [(s, float(s)) for s in range(1, 25)]  # hook sees the optimizer state of its own step
 
 
+def test_every_step_bumps_the_parameters_version_counters():
+    # caches keyed on tensor._version (codebook weights, masks) must notice each update
+    versions = []
+    train(make_model(), signal_task(), TrainConfig(**FAST),
+          after_step=[lambda model, optimizer, step: versions.append(model.fc2.bias._version)])
+    assert all(later > earlier for earlier, later in zip(versions, versions[1:]))
+
+
 def test_param_groups_keep_their_own_learning_rates():
     model = make_model()
     frozen_before = model.fc1.weight.detach().clone()
