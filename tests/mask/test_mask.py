@@ -116,14 +116,18 @@ def test_set_masks_reproduces_the_trained_model_bit_for_bit(make_bert, quantizer
     assert not any(p.requires_grad for n, p in fresh.named_parameters() if n.endswith(".scores"))
 
 
-def test_mask_is_cached_until_the_scores_change():
+def test_mask_is_cached_in_evaluation_and_fresh_while_training():
     mask = Mask.init(torch.randn(4, 4), margin=1.0)
-    first = mask.mask()
-    assert mask.mask() is first
     with torch.no_grad():
-        mask.scores[0, 0] = -1.0
-    second = mask.mask()
-    assert second is not first and not bool(second[0, 0]) and int(second.sum()) == 15
+        first = mask.mask()
+        assert mask.mask() is first
+        mask.scores[0, 0] = -1.0  # an in-place write bumps the version: the cache is dropped
+        second = mask.mask()
+        assert second is not first and not bool(second[0, 0]) and int(second.sum()) == 15
+    mask.scores.data[0, 1] = -1.0  # like fused AdamW: written without bumping the version counter
+    assert int(mask.mask().sum()) == 14  # trainable scores with grad enabled: never served from a cache
+    with torch.no_grad():
+        assert int(mask.mask().sum()) == 14
 
 
 class _Tied(nn.Module):

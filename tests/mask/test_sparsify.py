@@ -46,7 +46,7 @@ def trained(tmp_path_factory, task, quantizer):
     base_dir = _base_dir(tmp_path_factory, task, quantizer, seed=0, quantized=True)
     base = load_base(base_dir, task, seed=1)
     codebooks = {n: cb.codebook.detach().clone() for n, (_, cb) in codebook_modules(base.model).items()}
-    result = train_mask(base.model, task, MaskConfig(score_lr=0.05, margin=0.1), STEPS, tokenizer=base.tokenizer)
+    result = train_mask(base.model, task, MaskConfig(score_lr=0.3, margin=0.1), STEPS, tokenizer=base.tokenizer)
     out = save_mask(base.model, tmp_path_factory.mktemp("mask") / "vader", base, task=task)
     return base_dir, base, out, result, codebooks
 

@@ -105,8 +105,8 @@ class Mask(nn.Module):
 
     ``scores``: float32 parameter in the weight's shape. ``sparsity=None``: ``mask = scores > 0``;
     a float in [0, 1): ``mask`` keeps exactly ``numel - round(sparsity * numel)`` highest scores.
-    The mask is recomputed only when the scores change (cached on the scores' version), so
-    evaluation pays for it once. Build one with :meth:`init` (training) or :meth:`from_mask`.
+    In evaluation the mask is cached (see :meth:`mask`), so it is computed once. Build one with
+    :meth:`init` (training) or :meth:`from_mask`.
     """
 
     def __init__(self, scores: torch.Tensor, sparsity: float | None = None) -> None:
@@ -157,17 +157,27 @@ class Mask(nn.Module):
         return int(torch.count_nonzero(self.mask()))
 
     def mask(self) -> torch.Tensor:
-        """The current bool mask (the weight's shape); a fresh tensor is computed only when scores change."""
+        """The current bool mask (the weight's shape).
+
+        While the scores can train (grad enabled, ``requires_grad``) it is recomputed on every call
+        and nothing is cached, since optimizers may update the scores in place without bumping
+        their version counter (fused AdamW). Otherwise it is cached on the scores' identity and
+        version, so evaluation computes it once.
+        """
         s = self.scores
+        if torch.is_grad_enabled() and s.requires_grad:
+            self._cache = None
+            return self._compute()
         key = (s.data_ptr(), s._version, s.device, self.sparsity)
         if self._cache is None or self._cache[0] != key:
-            with torch.no_grad():
-                if self.sparsity is None:
-                    value = s > THRESHOLD
-                else:
-                    value = topk_mask(s, s.numel() - round(self.sparsity * s.numel()))
-            self._cache = (key, value)
+            self._cache = (key, self._compute())
         return self._cache[1]
+
+    def _compute(self) -> torch.Tensor:
+        with torch.no_grad():
+            if self.sparsity is None:
+                return self.scores > THRESHOLD
+            return topk_mask(self.scores, self.scores.numel() - round(self.sparsity * self.scores.numel()))
 
     def forward(self, base: torch.Tensor) -> torch.Tensor:
         """``base * mask``; gradients reach the scores (straight-through) and ``base`` only if it trains."""
