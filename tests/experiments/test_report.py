@@ -16,9 +16,9 @@ from fewbits.experiments.report import task_score, write_report
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def write_result(out: Path, paper: str | None, config: dict, stages: dict) -> None:
+def write_result(out: Path, paper: str | None, config: dict, stages: dict, run_id: str | None = None) -> None:
     """One result file as the sweep writes it (only the fields the report reads, plus identity)."""
-    run_id = config_hash(config)
+    run_id = run_id or config_hash(config)
     final = next(s for s in reversed(list(stages.values())) if "metrics" in s)
     data = {"run_id": run_id, "recipe": {"name": f"{(paper or 'toy').lower()}-test", "paper": paper},
             "config": config, "seed": config.get("seed"), "point": {"seed": config.get("seed")},
@@ -211,3 +211,22 @@ def test_report_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert command.run(parser.parse_args([str(tmp_path / "res"), "--out", str(tmp_path / "r.md")])) == 0
     out = capsys.readouterr().out
     assert "wrote" in out and "- holds: k-means beats linear at every bit width" in out
+
+
+def test_runs_of_other_settings_are_flagged_and_recipe_selects(tmp_path: Path) -> None:
+    from fewbits.experiments.recipe import load_recipe
+
+    recipe_path = tmp_path / "p1.toml"
+    recipe_path.write_text('paper = "P1"\npipeline = ["finetune", "quantize", "finetune_quantized"]\n'
+                           '[defaults]\nmodel = "minilm"\ntask = "vader"\n[grid]\n"quantize.bits" = [1, 2]\n')
+    res = tmp_path / "res"
+    for run in load_recipe(recipe_path).runs:
+        write_result(res, "P1", run.config, {"finetune": acc(0.9, key="f"), "quantize": acc(0.6),
+                                             "finetune_quantized": acc(0.8)}, run_id=run.run_id)
+    stale = {**run.config, "finetune_quantized": {"epochs": 9}}  # an older version of the recipe, same cell
+    write_result(res, "P1", stale, {"finetune": acc(0.9, key="f"), "quantize": acc(0.6),
+                                    "finetune_quantized": acc(0.1)})
+    text = write_report(res)[0].read_text()
+    assert "**Warning**: 1 run(s) fill a table cell" in text and "minilm kmeans 2 vader seed 0" in text
+    text = write_report(res, recipes=[recipe_path])[0].read_text()
+    assert "Warning" not in text and "2 finished runs" in text and "| kmeans | 2 | 80.0 |" in text

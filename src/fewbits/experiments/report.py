@@ -62,6 +62,14 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _put(table: dict[Any, dict[int, float]], key: Any, seed: int, value: float, clashes: list[str]) -> None:
+    """``table[key][seed] = value``, noting when another run already filled that cell for that seed (runs whose
+    settings differ in something the table does not show, e.g. an older version of a recipe)."""
+    if seed in table[key]:
+        clashes.append(f"{' '.join(map(str, key if isinstance(key, tuple) else (key,)))} seed {seed}")
+    table[key][seed] = value
+
+
 def _stats(groups: Mapping[Any, Mapping[Any, float]]) -> dict[Any, Stat]:
     """``{key: {seed-or-id: value}}`` -> ``{key: Stat}``."""
     return {k: Stat.of(list(v.values())) for k, v in groups.items() if v}
@@ -74,6 +82,7 @@ class Section:
     markdown: str
     plots: list[Path] = field(default_factory=list)
     verdicts: list[Verdict] = field(default_factory=list)
+    clashes: list[str] = field(default_factory=list)
 
 
 def _plt() -> Any:
@@ -97,6 +106,7 @@ def _save(fig: Any, path: Path) -> Path:
 
 def p1_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str) -> Section:
     """Tables, plot and verdicts of P1's runs."""
+    clashes: list[str] = []
     cells: dict[tuple, dict[int, float]] = defaultdict(dict)  # (model, scheme, bits, task) -> {seed: score}
     fp32: dict[tuple, dict[str, float]] = defaultdict(dict)  # (model, task) -> {finetune key: score}
     before: dict[tuple, dict[int, float]] = defaultdict(dict)  # scores right after quantization, no fine-tuning
@@ -110,7 +120,7 @@ def p1_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str)
             continue
         key = (model, c["quantize"]["scheme"], c["quantize"]["bits"], task)
         if (score := task_score(task, final)) is not None:
-            cells[key][seed] = score
+            _put(cells, key, seed, score, clashes)
         if "bits_per_weight" in r.get("sizes", {}):
             size[key[:3]][seed] = r["sizes"]["bits_per_weight"]
         if "finetune_quantized" in stages and (score := task_score(task, stages["quantize"])) is not None:
@@ -162,7 +172,7 @@ def p1_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str)
                               plots_dir / f"p1-{_slug(model)}.png"))
         out += [f"![P1 {model}]({link}/{plots[-1].name})", ""]
     verdicts = p1_claims(avg, cell_stats, prior)
-    return Section("\n".join(out), plots, verdicts)
+    return Section("\n".join(out), plots, verdicts, clashes)
 
 
 def _p1_plot(model: str, tasks: list[str], rows_keys: list[tuple[str, int]], cells: Mapping[tuple, Stat],
@@ -202,6 +212,7 @@ def _aw(config: Mapping[str, Any]) -> str:
 
 def p2_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str) -> Section:
     """Tables, plots and verdicts of P2's runs."""
+    clashes: list[str] = []
     acc: dict[tuple, dict[int, float]] = defaultdict(dict)  # (task, A/W, method) at the main T -> {seed: acc}
     trace: dict[tuple, dict[int, float]] = defaultdict(dict)
     sweep_acc: dict[tuple, dict[int, float]] = defaultdict(dict)  # KD: (task, A/W, T) -> {seed: acc}
@@ -219,11 +230,11 @@ def p2_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str)
         if score is None:
             continue
         if method != "kd" or T == P2_PAPER_T:
-            acc[(task, aw, method)][seed] = score
+            _put(acc, (task, aw, method), seed, score, clashes)
             if tr is not None:
                 trace[(task, aw, method)][seed] = tr
         if method == "kd":
-            sweep_acc[(task, aw, T)][seed] = score
+            _put(sweep_acc, (task, aw, T), seed, score, [] if T == P2_PAPER_T else clashes)  # T = 4: counted above
             if tr is not None:
                 sweep_trace[(task, aw, T)][seed] = tr
         if tr is not None:
@@ -272,7 +283,7 @@ def p2_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str)
             plots.append(_p2_temperature(task, pairs, temps, sacc_s, strace_s,
                                          plots_dir / f"p2-{_slug(task)}-temperature.png"))
             out += [f"![P2 {task} temperature]({link}/{plots[-1].name})", ""]
-    return Section("\n".join(out), plots, p2_claims(acc_s, trace_s, sacc_s, strace_s))
+    return Section("\n".join(out), plots, p2_claims(acc_s, trace_s, sacc_s, strace_s), clashes)
 
 
 def _p2_bars(task: str, pairs: list[str], acc: Mapping[tuple, Stat], path: Path) -> Path:
@@ -338,6 +349,7 @@ def _p3_column(config: Mapping[str, Any]) -> str | None:
 
 def p3_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str) -> Section:
     """Table, plots and verdicts of P3's runs."""
+    clashes: list[str] = []
     cells: dict[tuple, dict[int, float]] = defaultdict(dict)
     kept: dict[tuple, dict[int, float]] = defaultdict(dict)
     prior: dict[tuple, float] = {}
@@ -349,7 +361,7 @@ def p3_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str)
             continue
         key = (c["model"], c["task"])
         if (score := task_score(c["task"], last)) is not None:
-            cells[(*key, column)][c.get("seed", 0)] = score
+            _put(cells, (*key, column), c.get("seed", 0), score, clashes)
         if (p := task_score(c["task"], last, "prior_metrics")) is not None:
             prior[key] = p
         if "mask" in stages and stages["mask"].get("kept"):
@@ -374,7 +386,7 @@ def p3_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str)
         plots.append(_p3_plot(model, task, stats, prior.get((model, task)),
                               plots_dir / f"p3-{_slug(model)}-{_slug(task)}.png"))
         out += [f"![P3 {model} {task}]({link}/{plots[-1].name})", ""]
-    return Section("\n".join(out), plots, p3_claims(stats, prior))
+    return Section("\n".join(out), plots, p3_claims(stats, prior), clashes)
 
 
 def _p3_plot(model: str, task: str, stats: Mapping[tuple, Stat], prior: float | None, path: Path) -> Path:
@@ -449,6 +461,12 @@ def build_report(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: st
         if by_paper.get(paper):
             sections.append(build(by_paper[paper], plots_dir, link))
     verdicts = [vd for s in sections for vd in s.verdicts]
+    clashes = [c for s in sections for c in s.clashes]
+    if clashes:
+        parts += [f"**Warning**: {len(clashes)} run(s) fill a table cell and seed that another run already fills "
+                  f"(their settings differ in something the tables do not show, e.g. runs of an older version of "
+                  f"a recipe): {', '.join(clashes[:5])}{' ...' if len(clashes) > 5 else ''}. Only one of each is "
+                  f"shown; report one recipe's runs with --recipe.", ""]
     if verdicts:
         parts += ["## Which of the papers' claims hold in our runs", "",
                   "Computed from the tables below (means over seeds); 'holds at k/n' counts the comparisons the "
@@ -463,9 +481,11 @@ def build_report(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: st
     return "\n".join(parts).rstrip() + "\n", [p for s in sections for p in s.plots], verdicts
 
 
-def write_report(results_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> tuple[Path, list[Path]]:
+def write_report(results_dir: str | os.PathLike, out: str | os.PathLike | None = None,
+                 recipes: Sequence[str | os.PathLike] = ()) -> tuple[Path, list[Path]]:
     """Write the Markdown report of every finished run under ``results_dir`` (default ``results_dir/report.md``),
-    its plots in ``<report stem>-plots/`` beside it; returns (report path, plot paths).
+    its plots in ``<report stem>-plots/`` beside it; returns (report path, plot paths). With ``recipes`` (recipe
+    files), only the runs those recipes define now are reported.
 
     Several results folders can be reported together by pointing at their common parent: every
     ``*/result.json`` one or two levels down is read. Example: ``write_report("results", "reports/offline.md")``.
@@ -481,8 +501,14 @@ def write_report(results_dir: str | os.PathLike, out: str | os.PathLike | None =
     for folder in folders:
         results += Store(folder).results()
         sweeps += _sweep_lines(folder)
+    if recipes:
+        from fewbits.experiments.recipe import load_recipe
+
+        wanted = {run.run_id for path in recipes for run in load_recipe(path).runs}
+        results = [r for r in results if r.get("run_id") in wanted]
     if not results:
-        raise FewbitsValueError(f"No finished run (*/result.json) under {str(directory)!r}; run fewbits sweep first.")
+        raise FewbitsValueError(f"No finished run (*/result.json) under {str(directory)!r}"
+                                f"{' of the given recipes' if recipes else ''}; run fewbits sweep first.")
     path = Path(out) if out is not None else directory / "report.md"
     plots_dir = path.parent / f"{path.stem}-plots"
     text, plots, _ = build_report(results, plots_dir, plots_dir.name, str(directory), sweeps)
