@@ -195,6 +195,21 @@ def test_all_zero_sample_weight_warns_and_is_unweighted(scheme):
     assert torch.equal(qt.codebook, scheme(w, 2).codebook)
 
 
+def test_a_group_with_all_zero_sample_weight_warns_and_uses_uniform_weights():
+    w = torch.randn(2, 50)
+    sw = torch.rand(2, 50)
+    sw[1] = 0.0
+    with pytest.warns(UserWarning, match="1 of 2 groups"):
+        qt = optimal(w, 2, groups="channel", sample_weight=sw)
+    assert torch.equal(qt.codebook[1], optimal(w[1], 2).codebook[0])
+
+
+def test_exact_mode_refuses_a_table_beyond_memory():
+    w = torch.zeros(2**24 + 1)  # 64 MiB of input; its exact table would take 16 GiB
+    with pytest.raises(ValueError, match="'mode'.*GiB"):
+        optimal(w, 8, mode="exact")
+
+
 @pytest.mark.parametrize("bad, what", [(float("nan"), "NaN"), (-1.0, "negative"), (float("inf"), "NaN/inf")])
 @pytest.mark.parametrize("scheme", [kmeans, optimal])
 def test_bad_sample_weight_is_rejected(scheme, bad, what):

@@ -41,6 +41,8 @@ def histogram_bins(bits: int, n_groups: int = 1) -> int:
 
 
 OPTIMAL_MODES = ("auto", "exact", "histogram")
+#: Largest back-pointer table (``4 * 2**bits * group_size`` bytes) ``mode="exact"`` will allocate.
+EXACT_TABLE_BYTES = 1 << 32
 
 
 @dataclass
@@ -222,6 +224,9 @@ def optimal(weight: torch.Tensor, bits: int, *, groups: int | str | None = None,
     n_bins = histogram_bins(bits, data.n_groups)
     if mode == "auto":
         mode = "exact" if data.x.shape[1] <= n_bins else "histogram"
+    if mode == "exact" and 4 * k * data.x.shape[1] > EXACT_TABLE_BYTES:
+        raise bad_param("mode", f"'histogram' or 'auto' for groups of {data.x.shape[1]} values at {bits} bits "
+                        f"(the exact table would take {4 * k * data.x.shape[1] / 2**30:.1f} GiB)", mode, "optimal")
     ptr, v, c, s, q = _sorted_atoms(data) if mode == "exact" else _histogram_atoms(data, n_bins)
     centroids = np.empty((data.n_groups, k))
     _kernels.optimal_centroids(ptr, v, c, s, q, k, centroids)
