@@ -52,11 +52,11 @@ __all__ = ["THRESHOLD", "Mask", "apply_mask", "kept_fraction", "mask_modules", "
 
 
 class _MaskedWeight(torch.autograd.Function):
-    """``base * mask`` forward; straight-through backward: the scores get ``grad * base``."""
+    """``base * mask`` forward (``mask`` as 0/1 in base's dtype); straight-through: the scores get ``grad * base``."""
 
     @staticmethod
     def forward(ctx, base: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(base, mask)
+        ctx.save_for_backward(base, mask.clone() if base.requires_grad else None)  # mask only for base's grad
         return base.mul(mask)
 
     @staticmethod
@@ -117,6 +117,8 @@ class Mask(nn.Module):
         self.sparsity = None if sparsity is None else _check_fraction(sparsity, "sparsity", "Mask")
         self.scores = nn.Parameter(scores.detach().to(torch.float32).clone())
         self._cache: tuple[tuple, torch.Tensor] | None = None
+        self._buffer: torch.Tensor | None = None
+        self._buffer_key: tuple | None = None
 
     @classmethod
     def init(cls, base: torch.Tensor, *, margin: float, init_sparsity: float = 0.0,
@@ -184,7 +186,29 @@ class Mask(nn.Module):
         if base.shape != self.scores.shape:
             raise FewbitsValueError(f"Mask: the weight has shape {tuple(base.shape)} but the scores have "
                                     f"{tuple(self.scores.shape)}; a mask fits one layer only.")
-        return _MaskedWeight.apply(base, self.scores, self.mask())
+        return _MaskedWeight.apply(base, self.scores, self._values(base))
+
+    def _values(self, base: torch.Tensor) -> torch.Tensor:
+        """The mask as 0/1 in base's dtype, written into one reused buffer.
+
+        Multiplying by a float mask is about twice as fast on CPU as by a bool one (no per-call
+        conversion), and comparing straight into a buffer that already has its memory avoids
+        fresh allocations every step. Refilled on every training call (see :meth:`mask`).
+        """
+        s, buffer = self.scores, self._buffer
+        if buffer is None or buffer.shape != s.shape or buffer.dtype != base.dtype or buffer.device != base.device:
+            buffer = self._buffer = torch.empty(s.shape, dtype=base.dtype, device=base.device)
+            self._buffer_key = None
+        training = torch.is_grad_enabled() and s.requires_grad
+        key = None if training else (s.data_ptr(), s._version, self.sparsity)
+        if training or key != self._buffer_key:
+            with torch.no_grad():
+                if self.sparsity is None:
+                    torch.gt(s, THRESHOLD, out=buffer)
+                else:
+                    buffer.copy_(self.mask())
+            self._buffer_key = key
+        return buffer
 
     def extra_repr(self) -> str:
         mode = "threshold 0" if self.sparsity is None else f"sparsity={self.sparsity}"
@@ -194,6 +218,7 @@ class Mask(nn.Module):
         """Never carry the cached mask into copies or pickles of the module."""
         state = self.__dict__.copy()
         state["_cache"] = None
+        state["_buffer"] = state["_buffer_key"] = None
         return state
 
 
