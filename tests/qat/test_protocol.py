@@ -1,20 +1,23 @@
-"""The two-phase protocol on a small MNIST-1D subset, the artifact round trip, and KD with a compressed student."""
+"""The two-phase protocol on a small MNIST-1D subset, the artifact round trip, KD with a compressed student and
+with a Hugging Face model."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import fewbits
-from fewbits.models import build_model, forward_batch
+from fewbits.data import load_task, make_collate
+from fewbits.models import build_model, forward_batch, load_model
 from fewbits.nn.activations import activation_quantizers
 from fewbits.nn.compress import codebook_modules
-from fewbits.quantize.uniform import uniform
 from fewbits.qat import (FISHER_FILE, SecondPhase, export_qat, load_qat, load_ste_checkpoint, prepare_qat,
                          read_manifest, run_second_phase, run_ste_phase)
+from fewbits.quantize.uniform import uniform
 from fewbits.train import TrainConfig, evaluate, latest_checkpoint, load_trainer_state, train
 from fewbits.train.regularizers import Distillation
 
@@ -106,3 +109,26 @@ def test_kd_trains_a_compressed_student_from_its_own_teacher(ste_run, small_mnis
     train(student, small_mnist1d, _config(None, max_steps=2), loss_terms=[term])
     after = {n: cb.codebook.detach() for n, (_, cb) in codebook_modules(student).items()}
     assert all(not torch.equal(before[n], after[n]) for n in before)
+
+
+@pytest.mark.parametrize("regression", [False, True])
+def test_qat_and_kd_on_a_hugging_face_model(tmp_path, regression):
+    """A tiny BERT: STE weights (embeddings included), A4 inputs, KD from its FP32 copy; artifact round trip."""
+    full = load_task("vader-regression" if regression else "vader")
+    task = dataclasses.replace(full, splits={"train": full.splits["train"][:64], "dev": full.splits["dev"][:32]})
+    torch.manual_seed(0)
+    teacher, tokenizer = load_model("tiny-bert", task)
+    student = copy.deepcopy(teacher)
+    spec = prepare_qat(student, wbits=2, abits=4)
+    assert "bert.embeddings.position_embeddings" in spec.layers and "classifier" not in spec.layers
+    assert "bert.embeddings.position_embeddings" not in activation_quantizers(student)
+    phase = SecondPhase(method="kd", lam=1.0, temperature=2.0)
+    result = run_second_phase(student, task, _config(tmp_path, max_steps=2), spec, phase, teacher=teacher,
+                              tokenizer=tokenizer)
+    assert result.step == 2 and task.main_metric in result.metrics
+    loaded = load_qat(export_qat(student, tmp_path / "model", spec, tokenizer=tokenizer))
+    batch = make_collate(task, tokenizer)(list(task.splits["dev"][:4]))
+    student.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(forward_batch(loaded, batch).logits, forward_batch(student, batch).logits,
+                                   rtol=0, atol=1e-5)
