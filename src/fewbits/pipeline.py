@@ -45,6 +45,22 @@ log = logging.getLogger(__name__)
 FP32_RECORD = "fp32.json"  # written beside a cached FP32 fine-tune: its key, settings and metrics
 
 
+def choose_threads(requested: int = 0) -> int:
+    """Set torch's CPU threads: ``requested`` if > 0, else as many cores as the load average leaves idle (>= 1).
+
+    On a shared machine one thread is several times faster than two that wait on each other
+    (MiniLM-L6 training step on 2 busy cores: 0.95 s with one thread, 4.5 s with two).
+    """
+    import os
+
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
+        raise bad_param("threads", "an int >= 0 (0: choose from the load)", requested, "choose_threads")
+    cores = os.cpu_count() or 1
+    threads = requested or max(1, min(cores, int(cores - os.getloadavg()[0] + 0.5)))
+    torch.set_num_threads(threads)
+    return threads
+
+
 def config_key(config: Mapping[str, Any]) -> str:
     """A short stable hash of a JSON-able config: equal settings, equal key (used to name cached results)."""
     text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
@@ -269,6 +285,8 @@ def finetune_fp32(model_name: str, task: Task, config: TrainConfig, directory: s
         log.info("reusing the FP32 model in %s (key %s)", directory, key)
         return FP32Model(model.eval(), tokenizer, directory, key, record["metrics"], reused=True)
 
+    torch.manual_seed(config.seed)  # the new classification head
+    model, tokenizer = load_model(model_name, task)
     directory.mkdir(parents=True, exist_ok=True)
     record_path.unlink(missing_ok=True)  # from now on the folder holds no finished model
     train_dir = directory / "train"
@@ -276,8 +294,6 @@ def finetune_fp32(model_name: str, task: Task, config: TrainConfig, directory: s
         shutil.rmtree(train_dir, ignore_errors=True)
         train_dir.mkdir(parents=True)
         (train_dir / "settings.json").write_text(json.dumps(settings))
-    torch.manual_seed(config.seed)  # the new classification head
-    model, tokenizer = load_model(model_name, task)
     run_config = dataclasses.replace(config, out_dir=train_dir, resume=True, progress=progress)
     result = train(model, eval_sorted(task, tokenizer, config.max_length), run_config, tokenizer=tokenizer)
     save_model(model, directory, tokenizer)

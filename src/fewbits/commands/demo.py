@@ -47,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="examples per step (32)")
     parser.add_argument("--max-length", type=int, default=16, help="tokens per input (16: VADER inputs are words)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the head, data order, k-means++ (0)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (0: the cores the load average leaves idle, at least 1)")
     parser.add_argument("--fresh", action="store_true", help="ignore finished steps in --out and recompute all")
     parser.add_argument("--weights-only", action="store_true",
                         help="only quantize the pretrained weights; print the relative weight error and time per scheme")
@@ -80,8 +82,9 @@ def _weights_only(args: argparse.Namespace) -> int:
 
     import fewbits
     from fewbits.models import load_model
-    from fewbits.pipeline import quantization_error
+    from fewbits.pipeline import choose_threads, quantization_error
 
+    choose_threads(args.threads)
     model, _ = load_model(args.model, num_labels=2)
     errors: dict[tuple[str, int], float] = {}
     seconds = dict.fromkeys(args.schemes, 0.0)
@@ -123,13 +126,14 @@ def run(args: argparse.Namespace) -> int:
 
     from fewbits.data import load_task
     from fewbits.experiments.stages_common import prior_metrics
-    from fewbits.pipeline import (P1Config, P1Result, config_key, finetune_fp32, fp32_settings, plot_scores,
-                                  quantize_finetune)
+    from fewbits.pipeline import (P1Config, P1Result, choose_threads, config_key, finetune_fp32, fp32_settings,
+                                  plot_scores, quantize_finetune)
     from fewbits.train import TrainConfig
     from fewbits.train.checkpoint import write_text_atomic
 
     started = time.perf_counter()
     out, progress = Path(args.out), not args.no_progress
+    threads = choose_threads(args.threads)
     if args.fresh:
         shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -140,14 +144,16 @@ def run(args: argparse.Namespace) -> int:
     fp32 = finetune_fp32(args.model, task, fp32_config, fp32_dir, progress=progress)
     metric = task.main_metric
     print(f"FP32 {args.model} on {task.name} ({'reused' if fp32.reused else 'fine-tuned'}, {fp32_dir}): "
-          f"{metric} {fp32.metrics[metric]:.4f}", file=sys.stderr)
+          f"{metric} {fp32.metrics[metric]:.4f}; {threads} torch thread(s)", file=sys.stderr)
 
+    steps_per_epoch = max(1, len(task.splits["train"]) // args.batch_size)
+    epochs = -(-args.finetune_steps // steps_per_epoch)  # enough epochs for the steps; 0: no fine-tuning
     results: list[P1Result] = []
     cells = [(s, b) for s in args.schemes for b in args.bits]
     bar = tqdm(cells, desc="P1 models", unit="model", file=sys.stderr, disable=not progress)
     for scheme, bits in bar:
         bar.set_postfix_str(f"{scheme} {bits}-bit")
-        config = P1Config(scheme=scheme, bits=bits, seed=args.seed, epochs=1 if args.finetune_steps else 0,
+        config = P1Config(scheme=scheme, bits=bits, seed=args.seed, epochs=epochs,
                           max_steps=args.finetune_steps or None, batch_size=args.batch_size, lr=args.lr,
                           max_length=args.max_length)
         key = config_key({"fp32": fp32.key, "p1": config.to_dict()})
@@ -168,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
                "fp32": fp32.metrics, "label_prior": prior,
                "settings": {"fp32_epochs": args.fp32_epochs, "finetune_steps": args.finetune_steps, "lr": args.lr,
                             "quantized_lr_scale": 10.0, "batch_size": args.batch_size,
-                            "max_length": args.max_length, "seed": args.seed},
+                            "max_length": args.max_length, "seed": args.seed, "threads": threads},
                "results": [r.to_dict() for r in results], "seconds": time.perf_counter() - started}
     markdown = results_markdown(summary)
     write_text_atomic(out / "results.json", json.dumps(summary, indent=2) + "\n")

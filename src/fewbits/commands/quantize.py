@@ -50,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fp32-epochs", type=int, default=None,
                         help="epochs of the FP32 fine-tune when --model is a base model (default: the model's, 3)")
     parser.add_argument("--fp32-max-steps", type=int, default=None, help="cap on the FP32 fine-tune's steps")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (0: the cores the load average leaves idle, at least 1)")
     parser.add_argument("--out", required=True, help="output directory: artifact/, result.json (and fp32/)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
@@ -68,7 +70,8 @@ def _family(model: str) -> str:
 def run(args: argparse.Namespace) -> int:
     """Check the settings, get the FP32 model, run the pipeline, save and print the result."""
     from fewbits.data import load_task
-    from fewbits.pipeline import P1Config, artifact_sizes, finetune_fp32, load_fp32, quantize_finetune
+    from fewbits.pipeline import (P1Config, artifact_sizes, choose_threads, finetune_fp32, load_fp32,
+                                  quantize_finetune)
     from fewbits.train import TrainConfig, evaluate
 
     out = Path(args.out)
@@ -88,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
                                   batch_size=batch_size, eval_batch_size=args.eval_batch_size, lr=lr, seed=args.seed,
                                   max_length=args.max_length, max_steps=args.fp32_max_steps)
     progress = not args.no_progress
+    choose_threads(args.threads)
 
     task = load_task(args.task, args.data_dir)
     if fp32_config is None:
