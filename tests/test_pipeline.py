@@ -121,6 +121,7 @@ def test_fp32_fine_tune_is_reused_only_with_the_same_settings(task, fp32):
     assert again.reused and again.key == fp32.key and again.metrics == fp32.metrics
     for (name, a), b in zip(fp32.model.state_dict().items(), again.model.state_dict().values()):
         assert torch.equal(a, b), name
+    assert not finetune_fp32("tiny-bert", task, config, fp32.directory, reuse=False).reused  # --fresh
     other = finetune_fp32("tiny-bert", task, dataclasses.replace(config, max_steps=2), fp32.directory)
     assert not other.reused and other.key != fp32.key
     assert json.loads((fp32.directory / "fp32.json").read_text())["steps"] == 2
@@ -131,7 +132,8 @@ def test_eval_sorted_keeps_the_examples_and_the_metrics(task, fp32):
     ordered = eval_sorted(task, fp32.tokenizer, MAX_LENGTH)
     dev, sorted_dev = list(task.splits["dev"]), list(ordered.splits["dev"])
     assert sorted(dev, key=repr) == sorted(sorted_dev, key=repr)
-    lengths = [len(fp32.tokenizer(ex["text_a"], truncation=True, max_length=MAX_LENGTH)["input_ids"]) for ex in sorted_dev]
+    lengths = [len(fp32.tokenizer(ex["text_a"], truncation=True, max_length=MAX_LENGTH)["input_ids"])
+               for ex in sorted_dev]
     assert lengths == sorted(lengths) and ordered.splits["train"] is task.splits["train"]
     kw = {"tokenizer": fp32.tokenizer, "max_length": MAX_LENGTH}
     assert evaluate(fp32.model, ordered, **kw) == evaluate(fp32.model, task, **kw)
@@ -235,3 +237,13 @@ def test_demo_runs_end_to_end_and_resumes(main, capsys, tmp_path):
     assert main(argv) == 0  # everything reused: no cell is recomputed
     assert {p: p.stat().st_mtime_ns for p in (out / "cells").iterdir()} == stamps
     assert json.loads((out / "results.json").read_text())["results"] == summary["results"]
+
+
+def test_demo_weights_only_prints_optimal_at_most_linear(main, capsys, tmp_path):
+    assert main(["demo", "--model", "tiny-bert", "--weights-only", "--schemes", "linear", "optimal", "--bits", "1",
+                 "2", "--out", str(tmp_path / "w"), "--no-progress"]) == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()
+            if line.startswith(("linear ", "optimal "))}
+    linear, optimal = ([float(v) for v in rows[s][:2]] for s in ("linear", "optimal"))
+    assert all(0 < o <= lin for o, lin in zip(optimal, linear))  # optimal: least squared error of any codebook
+    assert not (tmp_path / "w").exists()  # nothing written

@@ -264,12 +264,13 @@ def fp32_settings(model_name: str, task: Task, config: TrainConfig) -> dict[str,
 
 
 def finetune_fp32(model_name: str, task: Task, config: TrainConfig, directory: str | Path, *,
-                  progress: bool = False) -> FP32Model:
+                  progress: bool = False, reuse: bool = True) -> FP32Model:
     """Fine-tune ``model_name`` on ``task`` and save it in ``directory``; reuse it when already there.
 
     The saved model is reused only if ``directory/fp32.json`` records the same settings (model, task,
-    training config); otherwise it is trained again (resuming from the checkpoints of an interrupted run
-    with the same settings) and replaces the old one. ``torch.manual_seed(config.seed)`` draws the new head.
+    training config) and ``reuse`` is true; otherwise it is trained again (resuming from the checkpoints of
+    an interrupted run with the same settings, unless ``reuse`` is false) and replaces the old one.
+    ``torch.manual_seed(config.seed)`` draws the new head.
     """
     from fewbits.models import load_model, save_model
     from fewbits.train import train
@@ -280,7 +281,7 @@ def finetune_fp32(model_name: str, task: Task, config: TrainConfig, directory: s
     key = config_key(settings)
     record_path = directory / FP32_RECORD
     record = _read_json(record_path)
-    if record is not None and record.get("key") == key:
+    if reuse and record is not None and record.get("key") == key:
         model, tokenizer = load_model(directory, task, new_head=False)
         log.info("reusing the FP32 model in %s (key %s)", directory, key)
         return FP32Model(model.eval(), tokenizer, directory, key, record["metrics"], reused=True)
@@ -290,7 +291,7 @@ def finetune_fp32(model_name: str, task: Task, config: TrainConfig, directory: s
     directory.mkdir(parents=True, exist_ok=True)
     record_path.unlink(missing_ok=True)  # from now on the folder holds no finished model
     train_dir = directory / "train"
-    if _read_json(train_dir / "settings.json") != settings:  # checkpoints of other settings: start afresh
+    if not reuse or _read_json(train_dir / "settings.json") != settings:  # start afresh
         shutil.rmtree(train_dir, ignore_errors=True)
         train_dir.mkdir(parents=True)
         (train_dir / "settings.json").write_text(json.dumps(settings))

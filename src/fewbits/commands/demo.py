@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -40,8 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="schemes to compare (linear kmeans optimal)")
     parser.add_argument("--bits", nargs="+", type=int, default=list(DEFAULT_BITS), help="bit widths (1 2 3 4)")
     parser.add_argument("--fp32-epochs", type=int, default=2, help="epochs of the FP32 fine-tune (2)")
-    parser.add_argument("--finetune-steps", type=int, default=40,
-                        help="centroid fine-tuning steps per quantized model (40; 0: none)")
+    parser.add_argument("--finetune-steps", type=int, default=30,
+                        help="centroid fine-tuning steps per quantized model (30; 0: none)")
     parser.add_argument("--lr", type=float, default=1e-4,
                         help="base learning rate of both fine-tunes (1e-4); codebooks train at 10x")
     parser.add_argument("--batch-size", type=int, default=32, help="examples per step (32)")
@@ -49,9 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the head, data order, k-means++ (0)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (0: the cores the load average leaves idle, at least 1)")
-    parser.add_argument("--fresh", action="store_true", help="ignore finished steps in --out and recompute all")
+    parser.add_argument("--fresh", action="store_true", help="recompute everything, ignoring finished steps in --out")
     parser.add_argument("--weights-only", action="store_true",
-                        help="only quantize the pretrained weights; print the relative weight error and time per scheme")
+                        help="only quantize the pretrained weights; print relative weight errors and times")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
@@ -121,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     if args.weights_only:
         return _weights_only(args)
     import copy
+    import dataclasses
 
     from tqdm.auto import tqdm
 
@@ -134,31 +134,29 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     out, progress = Path(args.out), not args.no_progress
     threads = choose_threads(args.threads)
-    if args.fresh:
-        shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     task = load_task(args.task)
     fp32_config = TrainConfig(epochs=args.fp32_epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                               max_length=args.max_length, eval_batch_size=256)
     fp32_dir = out / f"fp32-{config_key(fp32_settings(args.model, task, fp32_config))}"
-    fp32 = finetune_fp32(args.model, task, fp32_config, fp32_dir, progress=progress)
+    fp32 = finetune_fp32(args.model, task, fp32_config, fp32_dir, progress=progress, reuse=not args.fresh)
     metric = task.main_metric
     print(f"FP32 {args.model} on {task.name} ({'reused' if fp32.reused else 'fine-tuned'}, {fp32_dir}): "
           f"{metric} {fp32.metrics[metric]:.4f}; {threads} torch thread(s)", file=sys.stderr)
 
     steps_per_epoch = max(1, len(task.splits["train"]) // args.batch_size)
     epochs = -(-args.finetune_steps // steps_per_epoch)  # enough epochs for the steps; 0: no fine-tuning
+    base = P1Config(seed=args.seed, epochs=epochs, max_steps=args.finetune_steps or None, batch_size=args.batch_size,
+                    lr=args.lr, max_length=args.max_length)
     results: list[P1Result] = []
     cells = [(s, b) for s in args.schemes for b in args.bits]
     bar = tqdm(cells, desc="P1 models", unit="model", file=sys.stderr, disable=not progress)
     for scheme, bits in bar:
         bar.set_postfix_str(f"{scheme} {bits}-bit")
-        config = P1Config(scheme=scheme, bits=bits, seed=args.seed, epochs=epochs,
-                          max_steps=args.finetune_steps or None, batch_size=args.batch_size, lr=args.lr,
-                          max_length=args.max_length)
+        config = dataclasses.replace(base, scheme=scheme, bits=bits)
         key = config_key({"fp32": fp32.key, "p1": config.to_dict()})
         artifact_dir, record_path = out / f"{scheme}-{bits}bit", out / "cells" / f"{scheme}-{bits}bit.json"
-        record = _load_record(record_path)
+        record = None if args.fresh else _load_record(record_path)
         if record is not None and record.get("key") == key and artifact_dir.is_dir():
             results.append(P1Result.from_dict(record["result"]))
             continue
@@ -173,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
     summary = {"model": args.model, "task": task.name, "split": task.eval_split, "metric": metric,
                "fp32": fp32.metrics, "label_prior": prior,
                "settings": {"fp32_epochs": args.fp32_epochs, "finetune_steps": args.finetune_steps, "lr": args.lr,
-                            "quantized_lr_scale": 10.0, "batch_size": args.batch_size,
+                            "quantized_lr_scale": base.quantized_lr_scale, "batch_size": args.batch_size,
                             "max_length": args.max_length, "seed": args.seed, "threads": threads},
                "results": [r.to_dict() for r in results], "seconds": time.perf_counter() - started}
     markdown = results_markdown(summary)
@@ -187,6 +185,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings_line(settings: dict[str, Any]) -> str:
+    """How the numbers were made, in one sentence."""
+    return (f"FP32 fine-tune {settings['fp32_epochs']} epoch(s); every embedding and fully connected weight but the "
+            f"classifier quantized; centroid fine-tuning {settings['finetune_steps']} steps (codes frozen, mean "
+            f"gradients, codebooks at lr {settings['quantized_lr_scale'] * settings['lr']:g}, the rest at "
+            f"{settings['lr']:g}); batch {settings['batch_size']}, max_length {settings['max_length']}, "
+            f"seed {settings['seed']}.")
+
+
 def results_markdown(summary: dict[str, Any]) -> str:
     """The demo's table (scheme x bits) and, per bit width, whether k-means beats linear, as Markdown."""
     from fewbits.pipeline import P1Result
@@ -196,6 +203,7 @@ def results_markdown(summary: dict[str, Any]) -> str:
     lines = [f"{summary['model']} on {summary['task']} ({summary['split']} {metric}, %): FP32 "
              f"{100 * summary['fp32'][metric]:.1f}; label prior (always the majority class) "
              f"{100 * summary['label_prior']:.1f}.", "",
+             _settings_line(summary["settings"]), "",
              "| scheme | bits | quantized | + centroid fine-tuning | weight error | artifact | bits/weight | "
              "ratio to FP32 |",
              "|---|---|---|---|---|---|---|---|"]
