@@ -140,7 +140,7 @@ def test_p2_tables_plots_and_verdicts(tmp_path: Path) -> None:
     assert v["higher temperature gives flatter minima"] == "partly holds"  # 2 -> 5 rises, 5 -> 3 falls
 
 
-def p3_results(out: Path, columns: dict[str, float], sd: float = 0.01) -> None:
+def p3_results(out: Path, columns: dict[str, float], sd: float = 0.01, scheme: str = "linear") -> None:
     for seed in (0, 1):
         for column, value in columns.items():
             score = {"metrics": {"accuracy": value + sd * seed}, "main_metric": "accuracy",
@@ -151,7 +151,7 @@ def p3_results(out: Path, columns: dict[str, float], sd: float = 0.01) -> None:
             else:
                 bits = 32 if column == "structure" else int(column.split("-")[1])
                 config = {"pipeline": ["base", "mask"], "model": "minilm", "task": "vader", "seed": seed,
-                          "base": {"bits": bits}}
+                          "base": {"bits": bits, "scheme": scheme}}
                 stages = {"base": {"bits": bits}, "mask": {**score, "kept": [1.0, 0.97 - 0.01 * seed]}}
             write_result(out, "P3", config, stages)
 
@@ -162,16 +162,37 @@ def test_p3_table_and_verdicts(tmp_path: Path) -> None:
     p3_results(tmp_path / "good", good)
     path, plots = write_report(tmp_path / "good")
     text = path.read_text()
-    assert "| minilm | vader | 0.885 ± 0.007 | 0.905 ± 0.007 |" in text
-    assert "| paper: bert-base-uncased | glue/mrpc (F1) | 0.889 | 0.904 | 0.906 | 0.894 | 0.812 | 0.534 |" in text
+    assert "| minilm [linear] | vader | 0.885 ± 0.007 | 0.905 ± 0.007 | 0.910 ± 0.007 |" in text
+    assert "| paper: bert-base-uncased [linear] | glue/mrpc (F1) | 0.889 | 0.904 | 0.906 | 0.894 | 0.812 | 0.534 |" \
+        in text
     assert "0.965 ± 0.007" in text  # kept fraction after training
-    assert [p.name for p in plots] == ["p3-minilm-vader.png"]
+    assert [p.name for p in plots] == ["p3-minilm-linear-vader.png"]
     assert set(verdicts(text).values()) == {"holds"}
     p3_results(tmp_path / "bad", {**good, "structure-2": 0.85, "structure-8": 0.70})
     v = verdicts(write_report(tmp_path / "bad")[0].read_text())
     assert v["2-bit weights collapse to the label prior"] == "does not hold"
     assert v["8-bit weights match full precision"] == "does not hold"
     assert v["fine-tuning the structure matches fine-tuning the weights"] == "holds"
+
+
+def test_p3_one_row_per_base_scheme_sharing_the_full_precision_columns(tmp_path: Path) -> None:
+    linear = {"weights": 0.88, "structure": 0.90, "structure-8": 0.905, "structure-4": 0.89, "structure-2": 0.55,
+              "structure-1": 0.50}
+    p3_results(tmp_path, linear)
+    kmeans = {"structure-8": 0.90, "structure-4": 0.90, "structure-2": 0.80, "structure-1": 0.60}
+    p3_results(tmp_path, kmeans, scheme="kmeans")
+    path, plots = write_report(tmp_path)
+    text = path.read_text()
+    assert "| minilm [kmeans] | vader | 0.885 ± 0.007 | 0.905 ± 0.007 | 0.905 ± 0.007 | 0.905 ± 0.007 |" in text
+    assert "| minilm [linear] | vader | 0.885 ± 0.007 | 0.905 ± 0.007 | 0.910 ± 0.007 |" in text
+    assert sorted(p.name for p in plots) == ["p3-minilm-kmeans-vader.png", "p3-minilm-linear-vader.png"]
+    v = verdicts(text)
+    assert v["2-bit weights collapse to the label prior"] == "partly holds"  # linear collapses, k-means does not
+    assert v["(ours) a k-means base is at least as good as a linear base at the same bits"] == "holds"
+    p3_results(tmp_path / "worse", linear)
+    p3_results(tmp_path / "worse", {**kmeans, "structure-8": 0.80}, scheme="kmeans")
+    v = verdicts(write_report(tmp_path / "worse")[0].read_text())
+    assert v["(ours) a k-means base is at least as good as a linear base at the same bits"] == "partly holds"
 
 
 def test_papers_together_other_runs_and_sweep_log(tmp_path: Path) -> None:

@@ -224,3 +224,15 @@ def p3_claims(cells: Mapping[tuple[str, str, str], Stat], prior: Mapping[tuple[s
             one.check(s1.mean <= s2.mean or s1.sd > s2.sd,
                       f"{where}: {s1.mean:.3f} +- {s1.sd:.3f} vs {s2.mean:.3f} +- {s2.sd:.3f}")
     return [match, eight, four, two, one]
+
+
+def p3_scheme_claim(stats: Mapping[tuple, Stat]) -> Verdict:
+    """Ours, not P3's (P3 quantizes linearly): does a k-means base keep as much as a linear base at equal bits?
+    ``stats[(model, task, column, scheme)]``."""
+    verdict = Verdict("P3", "(ours) a k-means base is at least as good as a linear base at the same bits",
+                      f"structure-b on k-means >= structure-b on linear - {_fmt(MATCH_TOLERANCE)} points")
+    for (model, task, col, scheme), km in sorted(stats.items(), key=str):
+        if scheme == "kmeans" and (lin := stats.get((model, task, col, "linear"))) is not None:
+            verdict.check(km.mean >= lin.mean - MATCH_TOLERANCE,
+                          f"{model} {task} {col}: {km.mean:.3f} vs {lin.mean:.3f}")
+    return verdict

@@ -6,8 +6,8 @@ a verdict on every claim.
   of the average as in the paper), and the paper's GLUE average beside it.
 - P2: per task, rows A/W, columns STE/MSQE/Fisher/KD with the paper's ResNet-18 figure in parentheses; the
   fitted Hessian trace in the same layout; the KD temperature sweep; accuracy against trace.
-- P3: per model and task, columns weights / structure / structure on 8, 4, 2, 1-bit weights and the label
-  prior, with the paper's bert-base MRPC row.
+- P3: per model, task and scheme of the quantized bases, columns weights / structure / structure on 8, 4, 2,
+  1-bit weights and the label prior, with the paper's bert-base MRPC row.
 
 Cells are mean +- sd over seeds (sd with ddof 1). Scores are in percent for P1/P2 and fractions for P3, as
 each paper prints them. Runs of recipes without a paper are listed as they are.
@@ -27,7 +27,7 @@ from typing import Any
 from fewbits.errors import FewbitsValueError
 from fewbits.experiments.claims import (P1_REFERENCE, P1_REFERENCE_DEFAULT, P2_METHODS, P2_PAPER_T, P2_REFERENCE,
                                         P2_TEACHER, P3_COLUMNS, P3_REFERENCE, Stat, Verdict, p1_claims, p2_claims,
-                                        p3_claims)
+                                        p3_claims, p3_scheme_claim)
 from fewbits.experiments.store import SWEEP_LOG, Store
 
 GLUE_PAIRS = {"glue/mrpc": ("accuracy", "f1"), "glue/qqp": ("accuracy", "f1"), "glue/stsb": ("pearson", "spearman")}
@@ -340,62 +340,86 @@ def _p2_temperature(task: str, pairs: list[str], temps: list[float], acc: Mappin
 
 # --- P3 -----------------------------------------------------------------------------------------------------
 
-def _p3_column(config: Mapping[str, Any]) -> str | None:
+def _p3_column(config: Mapping[str, Any]) -> tuple[str, str | None] | None:
+    """(P3 column, scheme of the quantized base or None) of a run; None for runs outside P3's table."""
     if "mask" in config["pipeline"]:
         bits = config["base"]["bits"]
-        return "structure" if bits == 32 else f"structure-{bits}"
-    return "weights" if config["pipeline"] == ["finetune"] else None
+        return ("structure", None) if bits == 32 else (f"structure-{bits}", config["base"].get("scheme", "kmeans"))
+    return ("weights", None) if config["pipeline"] == ["finetune"] else None
+
+
+def _p3_rows(stats: Mapping[tuple, Stat]) -> dict[tuple[str, str], tuple[str, dict[str, tuple]]]:
+    """``{(row label, task): (model, {column: key of stats})}``: one row per model, task and scheme of the
+    quantized bases; the full-precision columns (weights, structure) are shared by a model's rows."""
+    rows: dict[tuple[str, str], tuple[str, dict[str, tuple]]] = {}
+    for model, task in sorted({(k[0], k[1]) for k in stats}):
+        schemes = sorted({k[3] for k in stats if k[:2] == (model, task) and k[3] is not None})
+        for scheme in schemes or [None]:
+            keys = {col: (model, task, col, None if col in ("weights", "structure") else scheme) for col in P3_COLUMNS}
+            label = model if scheme is None else f"{model} [{scheme}]"
+            rows[(label, task)] = (model, {col: k for col, k in keys.items() if k in stats})
+    return rows
 
 
 def p3_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str) -> Section:
-    """Table, plots and verdicts of P3's runs."""
+    """Table, plots and verdicts of P3's runs (one row per scheme of the quantized bases)."""
     clashes: list[str] = []
     cells: dict[tuple, dict[int, float]] = defaultdict(dict)
     kept: dict[tuple, dict[int, float]] = defaultdict(dict)
     prior: dict[tuple, float] = {}
     for r in results:
         c, stages = r["config"], r["stages"]
-        column = _p3_column(c)
+        where = _p3_column(c)
         last = stages.get("mask") or stages.get("finetune")
-        if column is None or last is None:
+        if where is None or last is None:
             continue
         key = (c["model"], c["task"])
         if (score := task_score(c["task"], last)) is not None:
-            _put(cells, (*key, column), c.get("seed", 0), score, clashes)
+            _put(cells, (*key, *where), c.get("seed", 0), score, clashes)
         if (p := task_score(c["task"], last, "prior_metrics")) is not None:
             prior[key] = p
         if "mask" in stages and stages["mask"].get("kept"):
-            kept[(*key, column)][c.get("seed", 0)] = stages["mask"]["kept"][-1]
+            kept[(*key, *where)][c.get("seed", 0)] = stages["mask"]["kept"][-1]
     stats, kept_s = _stats(cells), _stats(kept)
+    layout = _p3_rows(stats)
+    view = {(label, task, col): stats[k] for (label, task), (_, keys) in layout.items() for col, k in keys.items()}
+    view_prior = {(label, task): prior[(model, task)] for (label, task), (model, _) in layout.items()
+                  if (model, task) in prior}
     rows = []
-    for model, task in sorted({(m, t) for m, t, _ in stats}):
-        rows.append([model, task, *[_cell(stats.get((model, task, col)), 1.0, 3) for col in P3_COLUMNS],
-                     "–" if (model, task) not in prior else f"{prior[(model, task)]:.3f}"])
-        rows.append(["", "kept fraction", "", *[_cell(kept_s.get((model, task, col)), 1.0, 3)
+    for (label, task), (_, keys) in layout.items():
+        rows.append([label, task, *[_cell(stats.get(keys[col]) if col in keys else None, 1.0, 3)
+                                    for col in P3_COLUMNS],
+                     "–" if (label, task) not in view_prior else f"{view_prior[(label, task)]:.3f}"])
+        rows.append(["", "kept fraction", "", *[_cell(kept_s.get(keys[col]) if col in keys else None, 1.0, 3)
                                                  for col in P3_COLUMNS[1:]], ""])
     for model, ref in P3_REFERENCE.items():
-        rows.append([f"paper: {model}", "glue/mrpc (F1)", *[f"{ref[col]:.3f}" for col in P3_COLUMNS],
+        rows.append([f"paper: {model} [linear]", "glue/mrpc (F1)", *[f"{ref[col]:.3f}" for col in P3_COLUMNS],
                      f"{ref['prior']:.3f}"])
     out = ["## P3: fine-tuning the weights vs the structure (binary mask), on 8/4/2/1-bit weights", "",
            "Main metric on the evaluation split (fraction; mean ± sd over seeds). 'structure-b': the mask is learned "
-           "over the pretrained weights quantized to b bits; 'label prior': always predicting the training split's "
-           "most frequent class.", "",
-           _table(["model", "task", *P3_COLUMNS, "label prior"], rows), ""]
+           "over the pretrained weights quantized to b bits, with the scheme in brackets (P3 quantizes linearly); "
+           "'weights' and 'structure' are full precision and shared by a model's rows; 'kept fraction': weights "
+           "the mask keeps; 'label prior': always predicting the training split's most frequent class.", "",
+           _table(["model [base scheme]", "task", *P3_COLUMNS, "label prior"], rows), ""]
     plots = []
-    for model, task in sorted({(m, t) for m, t, _ in stats}):
-        plots.append(_p3_plot(model, task, stats, prior.get((model, task)),
-                              plots_dir / f"p3-{_slug(model)}-{_slug(task)}.png"))
-        out += [f"![P3 {model} {task}]({link}/{plots[-1].name})", ""]
-    return Section("\n".join(out), plots, p3_claims(stats, prior), clashes)
+    for (label, task), (model, _) in layout.items():
+        plots.append(_p3_plot(label, model, task, view, view_prior.get((label, task)),
+                              plots_dir / f"p3-{_slug(label)}-{_slug(task)}.png"))
+        out += [f"![P3 {label} {task}]({link}/{plots[-1].name})", ""]
+    verdicts = p3_claims(view, view_prior)
+    if any(k[3] == "kmeans" for k in stats) and any(k[3] == "linear" for k in stats):
+        verdicts.append(p3_scheme_claim(stats))
+    return Section("\n".join(out), plots, verdicts, clashes)
 
 
-def _p3_plot(model: str, task: str, stats: Mapping[tuple, Stat], prior: float | None, path: Path) -> Path:
+def _p3_plot(label: str, model: str, task: str, stats: Mapping[tuple, Stat], prior: float | None,
+             path: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.4))
-    cols = [c for c in P3_COLUMNS if (model, task, c) in stats]
-    ax.bar(range(len(cols)), [stats[(model, task, c)].mean for c in cols],
-           yerr=[stats[(model, task, c)].sd for c in cols], capsize=3, color="tab:blue", label="ours")
-    ref = P3_REFERENCE.get(model)
+    cols = [c for c in P3_COLUMNS if (label, task, c) in stats]
+    ax.bar(range(len(cols)), [stats[(label, task, c)].mean for c in cols],
+           yerr=[stats[(label, task, c)].sd for c in cols], capsize=3, color="tab:blue", label="ours")
+    ref = P3_REFERENCE.get(model) if not label.endswith("[kmeans]") else None
     if ref:
         ax.plot(range(len(cols)), [ref[c] for c in cols], "o", color="tab:orange", label="paper")
     if prior is not None:
@@ -403,7 +427,7 @@ def _p3_plot(model: str, task: str, stats: Mapping[tuple, Stat], prior: float | 
     ax.set_xticks(range(len(cols)), cols, rotation=20)
     ax.set_ylabel("main metric")
     ax.legend(fontsize=7)
-    ax.set_title(f"P3: {model}, {task}")
+    ax.set_title(f"P3: {label}, {task}")
     return _save(fig, path)
 
 
