@@ -152,7 +152,8 @@ def p3_results(out: Path, columns: dict[str, float], sd: float = 0.01, scheme: s
                 bits = 32 if column == "structure" else int(column.split("-")[1])
                 config = {"pipeline": ["base", "mask"], "model": "minilm", "task": "vader", "seed": seed,
                           "base": {"bits": bits, "scheme": scheme}}
-                stages = {"base": {"bits": bits}, "mask": {**score, "kept": [1.0, 0.97 - 0.01 * seed]}}
+                stages = {"base": {"bits": bits}, "mask": {**score, "kept": [1.0, 0.97 - 0.01 * seed],
+                                                           "sizes": {"mask_bits_per_weight": 0.2 + 0.01 * seed}}}
             write_result(out, "P3", config, stages)
 
 
@@ -166,6 +167,7 @@ def test_p3_table_and_verdicts(tmp_path: Path) -> None:
     assert "| paper: bert-base-uncased [linear] | glue/mrpc (F1) | 0.889 | 0.904 | 0.906 | 0.894 | 0.812 | 0.534 |" \
         in text
     assert "0.965 ± 0.007" in text  # kept fraction after training
+    assert "|  | mask bits/weight on disk |  | 0.205 ± 0.007 |" in text
     assert [p.name for p in plots] == ["p3-minilm-linear-vader.png"]
     assert set(verdicts(text).values()) == {"holds"}
     p3_results(tmp_path / "bad", {**good, "structure-2": 0.85, "structure-8": 0.70})

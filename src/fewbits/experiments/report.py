@@ -366,6 +366,7 @@ def p3_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str)
     clashes: list[str] = []
     cells: dict[tuple, dict[int, float]] = defaultdict(dict)
     kept: dict[tuple, dict[int, float]] = defaultdict(dict)
+    mask_bits: dict[tuple, dict[int, float]] = defaultdict(dict)
     prior: dict[tuple, float] = {}
     for r in results:
         c, stages = r["config"], r["stages"]
@@ -380,7 +381,9 @@ def p3_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str)
             prior[key] = p
         if "mask" in stages and stages["mask"].get("kept"):
             kept[(*key, *where)][c.get("seed", 0)] = stages["mask"]["kept"][-1]
-    stats, kept_s = _stats(cells), _stats(kept)
+        if (bits := stages.get("mask", {}).get("sizes", {}).get("mask_bits_per_weight")) is not None:
+            mask_bits[(*key, *where)][c.get("seed", 0)] = bits
+    stats, kept_s, bits_s = _stats(cells), _stats(kept), _stats(mask_bits)
     layout = _p3_rows(stats)
     view = {(label, task, col): stats[k] for (label, task), (_, keys) in layout.items() for col, k in keys.items()}
     view_prior = {(label, task): prior[(model, task)] for (label, task), (model, _) in layout.items()
@@ -392,6 +395,10 @@ def p3_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str)
                      "–" if (label, task) not in view_prior else f"{view_prior[(label, task)]:.3f}"])
         rows.append(["", "kept fraction", "", *[_cell(kept_s.get(keys[col]) if col in keys else None, 1.0, 3)
                                                  for col in P3_COLUMNS[1:]], ""])
+        if any(keys.get(col) in bits_s for col in P3_COLUMNS[1:]):
+            rows.append(["", "mask bits/weight on disk", "",
+                         *[_cell(bits_s.get(keys[col]) if col in keys else None, 1.0, 3) for col in P3_COLUMNS[1:]],
+                         ""])
     for model, ref in P3_REFERENCE.items():
         rows.append([f"paper: {model} [linear]", "glue/mrpc (F1)", *[f"{ref[col]:.3f}" for col in P3_COLUMNS],
                      f"{ref['prior']:.3f}"])
@@ -399,7 +406,8 @@ def p3_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str)
            "Main metric on the evaluation split (fraction; mean ± sd over seeds). 'structure-b': the mask is learned "
            "over the pretrained weights quantized to b bits, with the scheme in brackets (P3 quantizes linearly); "
            "'weights' and 'structure' are full precision and shared by a model's rows; 'kept fraction': weights "
-           "the mask keeps; 'label prior': always predicting the training split's most frequent class.", "",
+           "the mask keeps; 'mask bits/weight on disk': the stored mask (bit-packed or entropy-coded, whichever is "
+           "smaller) per masked weight, against 1 bit for a plain bitmask; 'label prior': always predicting the training split's most frequent class.", "",
            _table(["model [base scheme]", "task", *P3_COLUMNS, "label prior"], rows), ""]
     plots = []
     for (label, task), (model, _) in layout.items():
