@@ -98,3 +98,11 @@ def test_resnet18_on_cifar10_runs_end_to_end(cifar10_dir, tmp_path):
     model = load_qat(out / "model")
     assert "conv1" not in activation_quantizers(model) and "layer1.0.conv1" in activation_quantizers(model)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_eval_command_scores_the_exported_model(first_run, capsys):
+    summary = json.loads((first_run / "summary.json").read_text())
+    capsys.readouterr()
+    assert cli.main(["eval", "--model", str(first_run / "model"), "--task", "mnist1d", "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["metrics"]["accuracy"] == pytest.approx(summary["second_phase"]["metrics"]["accuracy"])

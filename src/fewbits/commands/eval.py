@@ -1,8 +1,9 @@
 """Evaluate a fine-tuned model on a task with the task's official metrics (GLUE's definitions).
 
 The model must already have a classification head for the task (a directory written by
-`fewbits finetune`, or a Hugging Face model fine-tuned on it); a model without one is refused rather
-than scored with a random head. Prints one line per metric, or a JSON object with --json.
+`fewbits finetune`, `fewbits quantize` or `fewbits qat`, or a Hugging Face model fine-tuned on it); a model
+without one is refused rather than scored with a random head. A task mask (`fewbits mask`) is scored on
+its base: `--model BASE --mask DIR`. Prints one line per metric, or a JSON object with --json.
 """
 
 from __future__ import annotations
@@ -14,7 +15,11 @@ import json
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `fewbits eval`."""
     parser.add_argument("--model", required=True,
-                        help="directory written by fewbits finetune (or a fine-tuned Hugging Face directory or hub id)")
+                        help="directory written by fewbits finetune, quantize or qat (or a fine-tuned Hugging Face "
+                             "directory or hub id); with --mask, the base the mask was trained on")
+    parser.add_argument("--mask", default=None,
+                        help="task artifact written by fewbits mask: score base + this mask (refused if it was "
+                             "trained on another base)")
     parser.add_argument("--task", required=True,
                         help="task name: vader, vader-regression, glue/<cola|sst2|mrpc|stsb|qqp|mnli|qnli|rte|wnli>, "
                              "mnist1d, cifar10, cifar100")
@@ -35,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Load the task and model, evaluate, print the metrics."""
     from fewbits.data import load_task
-    from fewbits.errors import bad_param
+    from fewbits.errors import FewbitsValueError, bad_param
     from fewbits.models import load_model
     from fewbits.train import evaluate
 
@@ -47,7 +52,16 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     task = load_task(args.task, args.data_dir)
-    model, tokenizer = load_model(args.model, task, new_head=False)
+    if args.mask is not None:
+        from fewbits.sparsify import load_mask
+
+        model, tokenizer = load_mask(args.model, args.mask)
+        classes = getattr(getattr(model, "config", None), "num_labels", task.num_labels)
+        if classes != task.num_labels:
+            raise FewbitsValueError(f"The mask in {args.mask} has a head with {classes} outputs but "
+                                    f"task {task.name} has {task.num_labels}; give a mask trained on this task.")
+    else:
+        model, tokenizer = load_model(args.model, task, new_head=False)
     split = args.split or task.eval_split
     metrics = evaluate(model, task, split, tokenizer=tokenizer, batch_size=args.batch_size, max_length=args.max_length)
     if args.json:

@@ -41,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="layers to mask: names or name suffixes (default: embeddings and fully connected "
                         "layers, not the head)")
     parser.add_argument("--exclude", nargs="+", default=None, metavar="NAME", help="layers never masked")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         raise FewbitsValueError(f"The '--epochs' option of fewbits mask must be a positive int. "
                                 f"Got {args.epochs} instead.")
     train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_length=args.max_length,
-                               max_steps=args.max_steps, seed=args.seed)
+                               max_steps=args.max_steps, seed=args.seed, progress=not args.no_progress)
     task = load_task(args.task, args.data_dir)
     base = load_base(args.base, task, seed=args.seed)
     print(f"base {args.base} (sha256 {base.sha256[:12]}...), task {task.name}: training a mask and a new head")

@@ -137,7 +137,8 @@ def load_model(name_or_dir: str | os.PathLike = "minilm", task: Task | None = No
 
     Names: ``minilm`` (all-MiniLM-L6-v2, offline), ``tiny-bert`` (2-layer BERT, hidden 32, for tests),
     ``resnet18``, ``cnn1d``. A directory written by ``save_model`` (or any Hugging Face model directory) is
-    read back; any other string is tried as a Hugging Face hub id. The classification head gets
+    read back, and so is a fewbits artifact (``fewbits.save``, a QAT export: compressed layers kept as they
+    are); any other string is tried as a Hugging Face hub id. The classification head gets
     ``num_labels`` (default: the task's; 1 means regression). ``new_head=False`` refuses a model whose head
     is missing or of another size, or freshly initialized (for evaluation); ``kw`` go to the built-in constructor.
 
@@ -176,6 +177,9 @@ def _load(name: str, path: Path, num_labels: int | None, label_names: list[str] 
         if not path.is_dir():
             raise FewbitsValueError(f"Model {name!r} is a file, not a model directory; give the directory that "
                                     f"holds config.json (written by fewbits finetune or save_model).")
+        if (path / "fewbits.json").is_file():
+            _no_kwargs(kw, name)
+            return _load_artifact(path, num_labels)
         config = path / CONFIG_FILE
         if not config.is_file():
             raise FewbitsValueError(f"Directory {name!r} holds no model (no {CONFIG_FILE}); give a directory written "
@@ -194,6 +198,30 @@ def _load(name: str, path: Path, num_labels: int | None, label_names: list[str] 
                                 f"or one of {model_names()}.")
     _no_kwargs(kw, name)
     return load_hf(name, num_labels=num_labels, label_names=label_names, local=False, new_head=new_head)
+
+
+def _load_artifact(path: Path, num_labels: int | None) -> tuple[nn.Module, Any]:
+    """A compressed (``fewbits.save``) or QAT (``export_qat``) artifact in eval mode, with its tokenizer if saved."""
+    from fewbits.io import load, load_tokenizer
+    from fewbits.io.format import read_manifest
+    from fewbits.qat import QAT_FILE, load_qat
+
+    try:
+        kind = json.loads((path / "fewbits.json").read_text()).get("format")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        kind = None  # read_manifest below names the problem
+    if kind == "fewbits-mask":
+        raise FewbitsValueError(f"{path} is a task mask, which needs the base it was trained on: give the base as "
+                                f"the model and this folder as the mask (fewbits eval --model BASE --mask {path}, "
+                                "or fewbits.sparsify.load_mask(BASE, MASK_DIR) in Python).")
+    model = load_qat(path) if (path / QAT_FILE).is_file() else load(path)
+    tokenizer = load_tokenizer(path) if read_manifest(path)["tokenizer_files"] else None
+    classes = model.config.num_labels if hasattr(model, "config") else getattr(getattr(model, "fc", None),
+                                                                                 "out_features", None)
+    if num_labels is not None and classes is not None and classes != num_labels:
+        raise FewbitsValueError(f"The model in {path} has {classes} outputs but the task has {num_labels}; give a "
+                                "model trained on this task.")
+    return model, tokenizer
 
 
 def _no_kwargs(kw: dict[str, Any], name: str) -> None:
