@@ -197,6 +197,16 @@ def test_quantize_command_fine_tunes_first_then_reuses_the_fp32_model(main, caps
     assert "fine-tuned into" not in stdout and "after 0 centroid fine-tuning steps" in stdout
 
 
+def test_quantize_command_on_a_cnn_quantizes_its_convolutions(main, capsys, tmp_path):
+    out = tmp_path / "cnn"
+    assert main(["quantize", "--model", "cnn1d", "--task", "mnist1d", "--scheme", "optimal", "--bits", "2",
+                 "--fp32-max-steps", "2", "--finetune-max-steps", "2", "--out", str(out), "--no-progress",
+                 "--threads", "1"]) == 0
+    assert "optimal 2-bit" in capsys.readouterr().out
+    layers = {layer.name for layer in fewbits.describe(out / "artifact").layers}
+    assert layers == {"features.0.0", "features.1.0", "features.2.0"}  # every convolution, not the head
+
+
 @pytest.mark.parametrize("argv, words", [
     (["quantize", "--task", "vader", "--scheme", "bogus", "--bits", "2"], "'scheme'"),
     (["quantize", "--task", "vader", "--scheme", "kmeans", "--bits", "9"], "'bits'"),

@@ -5,6 +5,7 @@ The main entry points are imported on first use, so ``import fewbits`` (and the 
     reports = fewbits.compress(model, "kmeans", bits=3)   # in place: codes + trainable codebooks
     fewbits.save(model, "out/model-3bit")                 # packed codes, codebooks, manifest
     model = fewbits.load("out/model-3bit")                # bit-identical outputs
+    fewbits.describe("out/model-3bit").bits_per_weight    # true size, as `fewbits info` prints it
     fewbits.decompress(model)                             # plain weights again, for any runtime
 """
 
@@ -23,6 +24,7 @@ _LAZY = {
     "decompress": "fewbits.nn",
     "save": "fewbits.io",
     "load": "fewbits.io",
+    "describe": "fewbits.io",
 }
 
 __all__ = ["FewbitsError", "__version__", *_LAZY]

@@ -58,3 +58,7 @@ def test_eval_scores_a_mask_on_its_base_and_refuses_the_mask_alone(artifact, cap
     assert code == 2 and "task mask" in err and "--mask" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(capsys, "eval", "--model", str(root / "fp32"), "--mask", str(mask), "--task", "vader")
     assert code == 2 and "another base" in err
+    code, out, _ = run_cli(capsys, "info", str(mask))  # per-layer mask sizes and sparsity, against a 1-bit bitmask
+    assert code == 0 and "task       vader" in out and "bits/weight" in out and "a plain bitmask: 1 bit" in out
+    code, out, _ = run_cli(capsys, "info", str(root / "q2"))
+    assert code == 0 and "compression ratio" in out

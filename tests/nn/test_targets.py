@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from torch import nn
 
 from fewbits.errors import FewbitsTypeError, FewbitsValueError, TargetsNotFoundError
@@ -46,6 +47,17 @@ def test_plain_net_defaults_skip_convs_and_the_last_linear(cnn):
     assert default_targets(cnn) == ["hidden"]
     assert head_names(cnn) == ["fc"]
     assert candidate_names(cnn) == ["conv2d", "conv1d", "hidden", "fc"]
+
+
+def test_cnns_without_fully_connected_layers_default_to_their_convolutions():
+    from fewbits.models import build_model
+
+    model = build_model("cnn1d")
+    assert default_targets(model) == [n for n in candidate_names(model) if n != "fc"] and head_names(model) == ["fc"]
+    resnet = build_model("resnet18", num_classes=10)
+    targets = default_targets(resnet)
+    assert "fc" not in targets and len(targets) == 20  # 17 3x3 convolutions (stem included) + 3 shortcut 1x1s
+    assert all(isinstance(resnet.get_submodule(n), torch.nn.Conv2d) for n in targets)
 
 
 def test_regex_is_a_full_match(bert):

@@ -15,7 +15,8 @@ import json
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `fewbits eval`."""
     parser.add_argument("--model", required=True,
-                        help="directory written by fewbits finetune, quantize or qat (or a fine-tuned Hugging Face "
+                        help="directory written by fewbits finetune, quantize or qat (the run folder or the artifact "
+                             "in it; or a fine-tuned Hugging Face "
                              "directory or hub id); with --mask, the base the mask was trained on")
     parser.add_argument("--mask", default=None,
                         help="task artifact written by fewbits mask: score base + this mask (refused if it was "

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     batches = evaluation_batches(task, tokenizer, args.eval_size, args.batch_size, args.max_length)
     centre = evaluate(model, batches)
     trace = hutchinson_trace(model, batches, max_probes=args.probes, min_probes=min(args.min_probes, args.probes),
-                             tol=args.tol, seed=args.seed, progress=True)
+                             tol=args.tol, seed=args.seed, progress=not args.no_progress)
     report = {"model": str(args.model), "task": task.name, "split": task.eval_split, "examples": centre.count,
               "loss": centre.loss, "accuracy": centre.accuracy, "hutchinson": trace.to_dict()}
     print(f"{task.name} {task.eval_split} ({centre.count} examples): loss {centre.loss:.4f}")

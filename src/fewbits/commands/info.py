@@ -3,7 +3,9 @@
 Prints every compressed layer (bits, groups, bytes of codes and codebook, bits per weight with the
 codebook), the tensors stored uncompressed, the headers, the true bits per weight of the whole
 model (codebooks, uncompressed tensors and headers included) and the compression ratio against
-the same model in FP32. The artifact is verified (manifest, checksum) first.
+the same model in FP32. The artifact is verified (manifest, checksum) first. A task mask (written by
+`fewbits mask`) shows its per-layer mask sizes, sparsity and bits per masked weight, its head and the
+base it belongs to.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ if TYPE_CHECKING:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("directory", metavar="DIR", help="artifact directory written by fewbits.save")
+    parser.add_argument("directory", metavar="DIR",
+                        help="artifact directory written by fewbits.save (fewbits quantize, qat) or a task mask "
+                             "written by fewbits mask")
     parser.add_argument("--layers", type=int, default=None, metavar="N",
                         help="show only the N largest layers (default: all)")
 
@@ -64,8 +68,26 @@ def format_summary(s: ArtifactSummary, max_layers: int | None = None) -> str:
     return "\n".join(lines)
 
 
+def _is_mask(directory: str) -> bool:
+    """Whether ``directory`` holds a task mask's manifest (anything unreadable is left to the full check)."""
+    import json
+    from pathlib import Path
+
+    from fewbits.io.mask_codec import MASK_FORMAT, _manifest_path
+
+    try:
+        return json.loads(_manifest_path(Path(directory).expanduser()).read_text()).get("format") == MASK_FORMAT
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return False
+
+
 def run(args: argparse.Namespace) -> int:
     from fewbits.io.summary import describe  # imported here: `fewbits --help` must not load torch
 
-    print(format_summary(describe(args.directory), args.layers))
+    if _is_mask(args.directory):
+        from fewbits.io.mask_codec import describe_mask, format_mask_summary
+
+        print(format_mask_summary(describe_mask(args.directory), args.layers))
+    else:
+        print(format_summary(describe(args.directory), args.layers))
     return 0

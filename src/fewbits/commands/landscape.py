@@ -40,6 +40,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=128, help="tokens per text input after truncation (128)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random directions / probes (0)")
     parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -137,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     save_directions(out / "directions.safetensors", pairs, source)
     centre = evaluate(model, batches)
     result = landscape(model, batches, directions=pairs, grid=args.grid, span=args.span, radius=args.radius,
-                       max_loss=args.max_loss, progress=True)
+                       max_loss=args.max_loss, progress=not args.no_progress)
     for k, surface in enumerate(result.surfaces):
         plot_surface(surface, out / f"surface_pair{k}.png", title=f"{task.name}: pair {k}",
                      max_loss=args.max_loss)

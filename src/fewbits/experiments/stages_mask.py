@@ -70,7 +70,7 @@ class Mask(Stage):
     kind = "mask"
     uses = {"task": None, "seed": 0}
     # sparsity 0: free (the scores decide); > 0: that exact fraction removed per layer. head_lr 0: the training lr.
-    defaults = {**TRAIN_DEFAULTS, "score_lr": 2e-4, "margin": 1e-2, "init_sparsity": 0.0, "sparsity": 0.0,
+    defaults = {**TRAIN_DEFAULTS, "score_lr": 3e-4, "margin": 1e-2, "init_sparsity": 0.0, "sparsity": 0.0,
                 "head_lr": 0.0}
 
     @classmethod

@@ -366,7 +366,7 @@ def _read_checked(directory: Path) -> tuple[dict, bytes, dict]:
     if not isinstance(manifest, dict) or manifest.get("format") != MASK_FORMAT:
         kind = manifest.get("format") if isinstance(manifest, dict) else None
         raise ArtifactError(f"{path}: not a task mask artifact (format {kind!r}, expected {MASK_FORMAT!r}); "
-                            "a base artifact is loaded with fewbits.load, a mask with fewbits.load_mask.")
+                            "a base artifact is loaded with fewbits.load, a mask with fewbits.sparsify.load_mask.")
     version = manifest.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= MASK_FORMAT_VERSION:
         raise ArtifactError(f"{path}: mask format version {version!r}; this fewbits reads up to "

@@ -177,9 +177,11 @@ def _load(name: str, path: Path, num_labels: int | None, label_names: list[str] 
         if not path.is_dir():
             raise FewbitsValueError(f"Model {name!r} is a file, not a model directory; give the directory that "
                                     f"holds config.json (written by fewbits finetune or save_model).")
-        if (path / "fewbits.json").is_file():
-            _no_kwargs(kw, name)
-            return _load_artifact(path, num_labels)
+        # a fewbits artifact, or the run folder of fewbits quantize (OUT/artifact) or fewbits qat (OUT/model)
+        for folder in (path, path / "artifact", path / "model"):
+            if (folder / "fewbits.json").is_file() and not (path / CONFIG_FILE).is_file():
+                _no_kwargs(kw, name)
+                return _load_artifact(folder, num_labels)
         config = path / CONFIG_FILE
         if not config.is_file():
             raise FewbitsValueError(f"Directory {name!r} holds no model (no {CONFIG_FILE}); give a directory written "

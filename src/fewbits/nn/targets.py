@@ -16,6 +16,9 @@ the task head, the modules whose output is the logits:
   named ``classifier``, ``score``, ``lm_head`` or ``qa_outputs``; a bare base model has no head;
 - other models: the last ``nn.Linear`` in registration order (``fc`` of a ResNet, the last layer of an MLP).
 
+A model with no Embedding or fully connected layer outside its head (the CNNs: ResNet-18, the 1-D CNN)
+defaults to all its other candidates, its convolutions, so that it compresses without naming layers.
+
 These helpers keep no global state, so several kinds of parametrization (codebook, STE, mask) can
 be selected and registered on the same model independently.
 """
@@ -78,11 +81,13 @@ def head_names(model: nn.Module) -> list[str]:
 
 
 def default_targets(model: nn.Module) -> list[str]:
-    """P1's default: every Embedding and fully connected layer except the task head."""
+    """P1's default: every Embedding and fully connected layer except the task head; for a model that has none
+    (a CNN whose only fully connected layer is its head), every other candidate, i.e. the convolutions."""
     head = set(head_names(model))
     modules = dict(model.named_modules())
-    return [name for name in candidate_names(model)
-            if name not in head and (isinstance(modules[name], nn.Embedding) or is_fully_connected(modules[name]))]
+    others = [name for name in candidate_names(model) if name not in head]
+    p1 = [name for name in others if isinstance(modules[name], nn.Embedding) or is_fully_connected(modules[name])]
+    return p1 or others
 
 
 def _matcher(patterns: Patterns, param: str, owner: str) -> list[tuple[str, Callable[[str], bool]]]:

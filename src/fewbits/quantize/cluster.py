@@ -215,7 +215,7 @@ def optimal(weight: torch.Tensor, bits: int, *, groups: int | str | None = None,
     BENCHMARKS.md. ``mode="auto"``: exact for groups of at most ``histogram_bins(bits, n_groups)``
     values, else histogram. Exact at 8 bits on many mid-sized groups is slow (about 35 s for 128
     groups of a 768x3072 matrix); lower bits or per-tensor codebooks take well under a second.
-    histogram. Example: ``qt = optimal(w, 3)``; ``optimal(w, 2, groups="channel", mode="exact")``.
+    Example: ``qt = optimal(w, 3)``; ``optimal(w, 2, groups="channel", mode="exact")``.
     """
     if mode not in OPTIMAL_MODES:
         raise bad_param("mode", f"one of {OPTIMAL_MODES}", mode, "optimal")
