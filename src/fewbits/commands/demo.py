@@ -7,7 +7,7 @@ centroid gradients, codebooks at 10x the base rate), evaluate again, save the co
 Prints the table (score before/after centroid fine-tuning, artifact size, ratio to FP32) and writes
 into --out: results.md, results.json, p1.png (score vs bits), the artifacts (<scheme>-<bits>bit/,
 inspect with `fewbits info`) and the FP32 model (fp32-<key>/). A rerun reuses every finished step
-whose settings are unchanged (--fresh starts over). About 10 minutes on 2 CPU cores.
+whose settings are unchanged (--fresh starts over). About 7 minutes on 2 quiet CPU cores.
 
 --weights-only skips training and evaluation: it quantizes the pretrained model's weights and prints
 each scheme's relative squared weight error per bit width and the time it took.
