@@ -407,7 +407,8 @@ def p3_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str)
            "over the pretrained weights quantized to b bits, with the scheme in brackets (P3 quantizes linearly); "
            "'weights' and 'structure' are full precision and shared by a model's rows; 'kept fraction': weights "
            "the mask keeps; 'mask bits/weight on disk': the stored mask (bit-packed or entropy-coded, whichever is "
-           "smaller) per masked weight, against 1 bit for a plain bitmask; 'label prior': always predicting the training split's most frequent class.", "",
+           "smaller) per masked weight, against 1 bit for a plain bitmask; 'label prior': always predicting the "
+           "training split's most frequent class.", "",
            _table(["model [base scheme]", "task", *P3_COLUMNS, "label prior"], rows), ""]
     plots = []
     for (label, task), (model, _) in layout.items():
@@ -427,7 +428,7 @@ def _p3_plot(label: str, model: str, task: str, stats: Mapping[tuple, Stat], pri
     cols = [c for c in P3_COLUMNS if (label, task, c) in stats]
     ax.bar(range(len(cols)), [stats[(label, task, c)].mean for c in cols],
            yerr=[stats[(label, task, c)].sd for c in cols], capsize=3, color="tab:blue", label="ours")
-    ref = P3_REFERENCE.get(model) if not label.endswith("[kmeans]") else None
+    ref = P3_REFERENCE.get(model) if label in (model, f"{model} [linear]") else None  # P3 quantizes linearly
     if ref:
         ax.plot(range(len(cols)), [ref[c] for c in cols], "o", color="tab:orange", label="paper")
     if prior is not None:
