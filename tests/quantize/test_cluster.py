@@ -1,6 +1,7 @@
 """linear, kmeans and optimal: properties, exact optima, hand-worked examples, sample_weight, bad input."""
 
 import itertools
+import math
 import warnings
 
 import numpy as np
@@ -273,3 +274,31 @@ def test_input_tensor_is_not_modified_and_grad_is_ignored():
     for scheme in CLUSTER:
         scheme(w, 2, groups="channel")
     assert torch.equal(w.detach(), before)
+
+
+def test_kmeanspp_seeding_draws_pairs_with_the_exact_d2_probabilities():
+    """Plain k-means++ (one candidate, no Lloyd step) on sorted atoms: the first centre uniform over the weights,
+    the second with probability proportional to its squared distance from the first."""
+    from fewbits.quantize import _kernels
+    from fewbits.quantize import cluster
+
+    x = torch.tensor([0.0, 1.0, 2.0, 3.0, 10.0, 4.5, 1.0])  # a repeated value counts twice
+    data = cluster._prepare(x, 1, None, None, None, "kmeans")
+    atoms = cluster._sorted_atoms(data)
+    n, drawn = 4000, {}
+    for seed in range(n):
+        centroids, iters = np.empty((1, 2)), np.zeros(1, np.int64)
+        _kernels.kmeans_centroids(*atoms, 2, 1, 1, np.random.default_rng(seed).random((1, 2)), 0, 1e-6,
+                                  centroids, iters)
+        pair = tuple(np.round(np.sort(centroids[0] + data.center[0]), 6))
+        drawn[pair] = drawn.get(pair, 0) + 1
+    values = x.double().numpy()
+    exact: dict[tuple, float] = {}
+    for first in values:
+        d2 = (values - first) ** 2
+        for second, p in zip(values, d2 / d2.sum()):
+            pair = tuple(np.round(np.sort([first, second]), 6))
+            exact[pair] = exact.get(pair, 0.0) + p / len(values)
+    assert set(drawn) <= {p for p, q in exact.items() if q > 0}
+    for pair, p in exact.items():
+        assert abs(drawn.get(pair, 0) / n - p) <= 4 * math.sqrt(p * (1 - p) / n) + 1e-12, pair
