@@ -68,25 +68,12 @@ def format_summary(s: ArtifactSummary, max_layers: int | None = None) -> str:
     return "\n".join(lines)
 
 
-def _is_mask(directory: str) -> bool:
-    """Whether ``directory`` holds a task mask's manifest (anything unreadable is left to the full check)."""
-    import json
-    from pathlib import Path
-
-    from fewbits.io.mask_codec import MASK_FORMAT, _manifest_path
-
-    try:
-        return json.loads(_manifest_path(Path(directory).expanduser()).read_text()).get("format") == MASK_FORMAT
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
-        return False
-
-
 def run(args: argparse.Namespace) -> int:
-    from fewbits.io.summary import describe  # imported here: `fewbits --help` must not load torch
+    # imported here: `fewbits --help` must not load torch
+    from fewbits.io.mask_codec import describe_mask, format_mask_summary, is_mask_artifact
+    from fewbits.io.summary import describe
 
-    if _is_mask(args.directory):
-        from fewbits.io.mask_codec import describe_mask, format_mask_summary
-
+    if is_mask_artifact(args.directory):
         print(format_mask_summary(describe_mask(args.directory), args.layers))
     else:
         print(format_summary(describe(args.directory), args.layers))

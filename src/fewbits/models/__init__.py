@@ -207,13 +207,10 @@ def _load_artifact(path: Path, num_labels: int | None) -> tuple[nn.Module, Any]:
     """A compressed (``fewbits.save``) or QAT (``export_qat``) artifact in eval mode, with its tokenizer if saved."""
     from fewbits.io import load, load_tokenizer
     from fewbits.io.format import read_manifest
+    from fewbits.io.mask_codec import is_mask_artifact
     from fewbits.qat import QAT_FILE, load_qat
 
-    try:
-        kind = json.loads((path / "fewbits.json").read_text()).get("format")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        kind = None  # read_manifest below names the problem
-    if kind == "fewbits-mask":
+    if is_mask_artifact(path):
         raise FewbitsValueError(f"{path} is a task mask, which needs the base it was trained on: give the base as "
                                 f"the model and this folder as the mask (fewbits eval --model BASE --mask {path}, "
                                 "or fewbits.sparsify.load_mask(BASE, MASK_DIR) in Python).")
