@@ -177,10 +177,12 @@ def _load(name: str, path: Path, num_labels: int | None, label_names: list[str] 
         if not path.is_dir():
             raise FewbitsValueError(f"Model {name!r} is a file, not a model directory; give the directory that "
                                     f"holds config.json (written by fewbits finetune or save_model).")
+        from fewbits.io.format import MANIFEST_FILE
+
         # a fewbits artifact, or the run folder of fewbits quantize (OUT/artifact) or fewbits qat (OUT/model)
         inner = [] if (path / CONFIG_FILE).is_file() else [path / "artifact", path / "model"]
         for folder in (path, *inner):
-            if (folder / "fewbits.json").is_file():
+            if (folder / MANIFEST_FILE).is_file():
                 _no_kwargs(kw, name)
                 return _load_artifact(folder, num_labels)
         config = path / CONFIG_FILE

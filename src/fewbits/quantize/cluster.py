@@ -214,8 +214,8 @@ def optimal(weight: torch.Tensor, bits: int, *, groups: int | str | None = None,
     worse than ``linear``; then one exact Lloyd step (codes = nearest centroid, codebook = mean of
     its weights) which can only lower the error. Its measured gap to the exact optimum is in
     BENCHMARKS.md. ``mode="auto"``: exact for groups of at most ``histogram_bins(bits, n_groups)``
-    values, else histogram. Exact at 8 bits on many mid-sized groups is slow (about 35 s for 128
-    groups of a 768x3072 matrix); lower bits or per-tensor codebooks take well under a second.
+    values, else histogram. Exact at 8 bits on many mid-sized groups is slow (about 14 s for 128
+    groups of a 768x3072 matrix, BENCHMARKS.md); lower bits or per-tensor codebooks take well under a second.
     Example: ``qt = optimal(w, 3)``; ``optimal(w, 2, groups="channel", mode="exact")``.
     """
     if mode not in OPTIMAL_MODES:
