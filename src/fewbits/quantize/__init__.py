@@ -14,7 +14,7 @@ import torch
 
 from fewbits.errors import bad_param
 from fewbits.quantize.base import QuantizedTensor, resolve_group_size
-from fewbits.quantize.cluster import HISTOGRAM_BINS, OPTIMAL_MODES, histogram_bins, kmeans, linear, optimal
+from fewbits.quantize.cluster import OPTIMAL_MODES, histogram_bins, kmeans, linear, optimal
 from fewbits.quantize.pack import pack, packed_nbytes, unpack
 from fewbits.quantize.uniform import fake_quantize, round_ste, uniform, uniform_scale
 
@@ -38,7 +38,7 @@ def quantize(weight: torch.Tensor, scheme: str, bits: int, **kw: object) -> Quan
 
 
 __all__ = [
-    "HISTOGRAM_BINS", "OPTIMAL_MODES", "QuantizedTensor", "SCHEMES", "fake_quantize", "histogram_bins", "kmeans", "linear",
+    "OPTIMAL_MODES", "QuantizedTensor", "SCHEMES", "fake_quantize", "histogram_bins", "kmeans", "linear",
     "optimal", "pack", "packed_nbytes", "quantize", "resolve_group_size", "round_ste", "uniform",
     "uniform_scale", "unpack",
 ]

@@ -5,7 +5,7 @@ Each works group by group on float64 copies of the values (float32 codebook out)
 :class:`QuantizedTensor`. 1-D clustering needs no distance matrix: ``kmeans`` sorts each group
 once, after which a Lloyd iteration is ``2**bits`` binary searches and prefix-sum means;
 ``optimal`` runs its dynamic program on the sorted distinct values, or, for groups larger than
-:func:`histogram_bins`, on a fine histogram of them (one pass, no sort). The compiled loops live
+:func:`histogram_bins`, on a fine adaptive histogram of them (no sort). The compiled loops live
 in :mod:`fewbits.quantize._kernels`.
 """
 
@@ -23,22 +23,15 @@ from fewbits.quantize import _kernels
 from fewbits.quantize.base import (QuantizedTensor, check_bits, check_sample_weight, check_weight,
                                    resolve_group_size)
 
-#: Most bins of the histogram ``optimal`` uses for large groups: a multiple of every ``2**bits``,
-#: so linear's bins are unions of histogram bins.
-HISTOGRAM_BINS = 1 << 18
+def histogram_bins(bits: int) -> int:
+    """Bins per group of ``optimal``'s histogram mode, and the group size above which "auto" uses it.
 
-
-def histogram_bins(bits: int, n_groups: int = 1) -> int:
-    """Bins per group of ``optimal``'s histogram mode (and the group size above which "auto" uses it).
-
-    At least 1024 bins per cluster (at 256 per cluster the measured gap to the exact optimum
-    reached 3e-4 at 8 bits on MiniLM's position embeddings; at 1024 it stays under 1e-4), at most
-    :data:`HISTOGRAM_BINS`, and as many as keep the dynamic program, whose cost grows as
-    ``n_groups * 2**bits * bins``, near one per-tensor 16-bit histogram.
+    ``max(2**14, 256 * 2**bits)``: 16,384 at 1-6 bits, 65,536 at 8. Measured gap to the exact
+    optimum, bins placed as :func:`fewbits.quantize._kernels.histogram_atoms` places them (every
+    distinct MiniLM-L6 weight shape and two Laplace tensors, per tensor and 128 groups): at most
+    3e-7 at 1-3 bits, 5e-6 at 4-5, 1.6e-5 at 6-8.
     """
-    k = 1 << bits
-    budget = 1 << max(22 - bits - max(n_groups - 1, 0).bit_length(), 0)
-    return min(max(budget, 1024 * k), HISTOGRAM_BINS)
+    return max(1 << 14, 256 << bits)
 
 
 OPTIMAL_MODES = ("auto", "exact", "histogram")
@@ -124,16 +117,22 @@ def _sorted_atoms(data: _Groups) -> tuple[np.ndarray, ...]:
     return ptr, v[:m], c[:m], s[:m], q[:m]
 
 
-def _histogram_atoms(data: _Groups, n_bins: int) -> tuple[np.ndarray, ...]:
-    """Each group's non-empty bins of an ``n_bins`` equal-width histogram, as atoms (one pass).
+def coarse_bins(bits: int) -> int:
+    """Equal-width coarse bins of ``optimal``'s histogram: 16 per cluster, at least 4096."""
+    return max(4096, 16 << bits)
+
+
+def _histogram_atoms(data: _Groups, bits: int, n_bins: int) -> tuple[np.ndarray, ...]:
+    """Each group's non-empty bins of an adaptive histogram of about ``n_bins`` bins, as atoms.
 
     The sums of squares stay zero: the dynamic program does not need them (they are additive).
     """
-    size = data.n_groups * min(n_bins, data.x.shape[1])
+    n_coarse = coarse_bins(bits)
+    size = data.n_groups * min(n_coarse + 2 * n_bins, data.x.shape[1])
     ptr = np.empty(data.n_groups + 1, np.int64)
     v, c, s = (np.empty(size) for _ in range(3))
     sw, has_sw = data.sw_arg()
-    _kernels.histogram_atoms(data.x, sw, has_sw, data.lo, data.hi, n_bins, data.center, ptr, v, c, s)
+    _kernels.histogram_atoms(data.x, sw, has_sw, data.lo, data.hi, n_coarse, n_bins, data.center, ptr, v, c, s)
     m = ptr[-1]
     return ptr, v[:m], c[:m], s[:m], np.zeros(m)
 
@@ -209,12 +208,14 @@ def optimal(weight: torch.Tensor, bits: int, *, groups: int | str | None = None,
     ``mode="exact"``: Wang & Song's dynamic program (Ckmeans.1d.dp) over each group's sorted
     distinct values, row minima by divide and conquer: O(2**bits * n log n) time and
     ``4 * 2**bits * n`` bytes for the back-pointers; provably optimal. ``mode="histogram"``: the
-    same program over the non-empty bins of a :func:`histogram_bins`-bin equal-width histogram
-    (one pass, no sort): optimal among partitions at bin edges, which include linear's, so never
-    worse than ``linear``; then one exact Lloyd step (codes = nearest centroid, codebook = mean of
-    its weights) which can only lower the error. Its measured gap to the exact optimum is in
-    BENCHMARKS.md. ``mode="auto"``: exact for groups of at most ``histogram_bins(bits, n_groups)``
-    values, else histogram. Exact at 8 bits on many mid-sized groups is slow (about 14 s for 128
+    same program over the non-empty bins of a histogram with about :func:`histogram_bins` bins
+    (two passes, no sort): equal-width coarse bins that nest linear's, each cut in a power of two
+    of parts by the cube root of its share of the values (where an optimal quantizer's levels
+    are dense); optimal among partitions at bin edges, which include linear's, so never worse than
+    ``linear``; then one exact Lloyd step (codes = nearest centroid, codebook = mean of its
+    weights) which can only lower the error. Measured gap to the exact optimum: at most 1.6e-5
+    (MiniLM-L6 weights at 1-8 bits; BENCHMARKS.md). ``mode="auto"``: exact for groups of at most
+    ``histogram_bins(bits)`` values, else histogram. Exact at 8 bits on many mid-sized groups is slow (about 14 s for 128
     groups of a 768x3072 matrix, BENCHMARKS.md); lower bits or per-tensor codebooks take well under a second.
     Example: ``qt = optimal(w, 3)``; ``optimal(w, 2, groups="channel", mode="exact")``.
     """
@@ -222,13 +223,13 @@ def optimal(weight: torch.Tensor, bits: int, *, groups: int | str | None = None,
         raise bad_param("mode", f"one of {OPTIMAL_MODES}", mode, "optimal")
     data = _prepare(weight, bits, groups, group_size, sample_weight, "optimal")
     k = 1 << bits
-    n_bins = histogram_bins(bits, data.n_groups)
+    n_bins = histogram_bins(bits)
     if mode == "auto":
         mode = "exact" if data.x.shape[1] <= n_bins else "histogram"
     if mode == "exact" and 4 * k * data.x.shape[1] > EXACT_TABLE_BYTES:
         raise bad_param("mode", f"'histogram' or 'auto' for groups of {data.x.shape[1]} values at {bits} bits "
                         f"(the exact table would take {4 * k * data.x.shape[1] / 2**30:.1f} GiB)", mode, "optimal")
-    ptr, v, c, s, q = _sorted_atoms(data) if mode == "exact" else _histogram_atoms(data, n_bins)
+    ptr, v, c, s, q = _sorted_atoms(data) if mode == "exact" else _histogram_atoms(data, bits, n_bins)
     centroids = np.empty((data.n_groups, k))
     _kernels.optimal_centroids(ptr, v, c, s, q, k, centroids)
     codes, wsum, xsum = _assign(data, centroids)
