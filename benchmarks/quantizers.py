@@ -292,7 +292,7 @@ def markdown(rows: list[dict], models: list[dict], group_lines: list[str], quick
         "other k-means columns (ours and scikit-learn's) over seeds 0..8 when a run takes under 0.5 s, else "
         "0..2 (median time and median error). Cells marked * ran fewer than 3 times (one run over "
         f"{SLOW_S[True]:.0f} s, or {SLOW_S[False]:.0f} s for deterministic methods). `optimal` is mode "
-        "\"auto\": the exact DP for groups of at most `histogram_bins(bits)` values ("
+        "\"auto\": the exact DP for groups of at most `histogram_bins(bits, n_groups)` values (per tensor "
         f"{histogram_bins(1)} at 1-6 bits, {histogram_bins(8)} at 8), else about that many histogram bins "
         "placed by the cube root of the values' density and one exact Lloyd step. `exact DP` is "
         "`optimal(mode=\"exact\")`, run once where its back-pointer table (4 * 2^bits * n bytes) stays "

@@ -100,6 +100,9 @@ def test_histogram_has_linear_bins_as_coarse_bins_and_at_least_256_bins_per_clus
     for bits in range(1, 9):
         assert coarse_bins(bits) % 2**bits == 0
         assert histogram_bins(bits) >= max(256 * 2**bits, 2**14)
+        for n_groups in (2, 128, 30522):
+            assert 256 * 2**bits <= histogram_bins(bits, n_groups) <= histogram_bins(bits)
+    assert histogram_bins(3, 128) < histogram_bins(3, 1)
 
 
 def test_histogram_mode_resolves_the_bulk_of_a_heavy_tailed_tensor():

