@@ -97,15 +97,16 @@ def sklearn_kmeans(x: torch.Tensor, bits: int, max_iter: int, seed: int) -> torc
 SEEDED = ("kmeans 3", "kmeans conv") + PEERS
 #: The pair behind "kmeans 3 no worse than naive P1": the outcome of 3 Lloyd steps swings with the
 #: seed (sd 17% of the mean for naive P1 on MiniLM L0 output.dense at 1 bit), so a 9-seed median
-#: flips either way; these get 41 seeds.
+#: flips either way; these get up to PAIRED_SEEDS seeds.
 PAIRED = ("kmeans 3", "naive P1")
+PAIRED_SEEDS = 41
 SLOW_S = {True: 60.0, False: 2.0}  # after a first run this slow, no more runs (seeded, deterministic)
 
 
 def n_runs(name: str, first: float) -> int:
     """Runs (seeds 0..n-1 for the k-means family) of a cell whose first run took ``first`` seconds."""
     if name in PAIRED:
-        return 41 if first < 1 else 15 if first < 10 else 5
+        return PAIRED_SEEDS if first < 1 else 15 if first < 10 else 5
     if name in SEEDED:
         return 9 if first < 0.5 else 3
     return 3
@@ -129,7 +130,7 @@ def measure(name: str, x: torch.Tensor, bits: int, runs: int | None = None) -> t
     """Median wall time and median squared error over ``runs`` runs, else over :func:`n_runs`
     (one run when the first takes over ``SLOW_S``)."""
     fn, x64, times, errors = method(name), x.double(), [], []
-    for seed in range(41):
+    for seed in range(PAIRED_SEEDS):  # the most runs n_runs asks for
         t = time.perf_counter()
         out = fn(x, bits, seed)
         times.append(time.perf_counter() - t)
