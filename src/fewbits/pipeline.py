@@ -18,7 +18,6 @@ unquantized parameter (biases, norms, the classifier) trained at the base rate.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from fewbits._util.fs import config_hash
 from fewbits.errors import bad_param
 from fewbits.quantize.base import MAX_BITS, check_bits
 
@@ -63,8 +63,7 @@ def choose_threads(requested: int = 0) -> int:
 
 def config_key(config: Mapping[str, Any]) -> str:
     """A short stable hash of a JSON-able config: equal settings, equal key (used to name cached results)."""
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    return config_hash(config, 12)
 
 
 @dataclass
@@ -274,7 +273,8 @@ def finetune_fp32(model_name: str, task: Task, config: TrainConfig, directory: s
     """
     from fewbits.models import load_model, save_model
     from fewbits.train import train
-    from fewbits.train.checkpoint import checkpoint_root, write_text_atomic
+    from fewbits._util.fs import write_text_atomic
+    from fewbits.train.checkpoint import checkpoint_root
 
     directory = Path(directory)
     settings = fp32_settings(model_name, task, config)

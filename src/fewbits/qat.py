@@ -192,7 +192,7 @@ def _out_dir(config: TrainConfig, owner: str) -> Path:
 
 
 def _write_manifest(out: Path, spec: QATSpec, phase: str, extra: dict[str, Any] | None = None) -> None:
-    from fewbits.train.checkpoint import write_text_atomic
+    from fewbits._util.fs import write_text_atomic
 
     manifest = {"format": 1, "phase": phase, "spec": spec.to_dict(), **(extra or {})}
     write_text_atomic(out / QAT_FILE, json.dumps(manifest, indent=2))
@@ -361,7 +361,7 @@ def export_qat(model: nn.Module, directory: str | Path, spec: QATSpec, *, tokeni
     """
     from fewbits.io import save
     from fewbits.nn.codebook import Codebook
-    from fewbits.train.checkpoint import write_text_atomic
+    from fewbits._util.fs import write_text_atomic
 
     model = getattr(model, "module", model)  # a DistributedDataParallel wrapper holds the model in .module
     activations = {name: {"bits": q.bits, "signed": bool(q.signed), "scale": float(q.scale.detach().abs()),

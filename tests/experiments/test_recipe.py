@@ -10,7 +10,8 @@ from conftest import TOY_RECIPE, write_recipe
 from toy_stages import TOY_STAGES
 
 from fewbits.errors import FewbitsValueError
-from fewbits.experiments.recipe import canonical_json, config_hash, expand_env, load_recipe, parse_recipe, parse_value
+from fewbits._util.fs import canonical_json
+from fewbits.experiments.recipe import config_hash, expand_env, load_recipe, parse_recipe, parse_value
 
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.toml"))
 

@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     from fewbits.pipeline import (P1Config, P1Result, choose_threads, config_key, finetune_fp32, fp32_settings,
                                   plot_scores, quantize_finetune)
     from fewbits.train import TrainConfig
-    from fewbits.train.checkpoint import write_text_atomic
+    from fewbits._util.fs import write_text_atomic
 
     started = time.perf_counter()
     out, progress = Path(args.out), not args.no_progress

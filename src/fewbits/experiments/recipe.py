@@ -30,9 +30,7 @@ rest, and the resolved configuration (plus the stages' versions) is hashed into 
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import math
 import os
 import tomllib
@@ -41,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fewbits._util.fs import config_hash
 from fewbits.errors import FewbitsValueError, bad_param
 
 # Settings that change how a run executes but never its numbers; they are kept out of run ids.
@@ -54,17 +53,6 @@ ENV_DEFAULTS: dict[str, Any] = {
 
 RECIPE_KEYS = ("name", "paper", "description", "pipeline", "env", "defaults", "grid")
 PAPERS = ("P1", "P2", "P3")
-HASH_CHARS = 16
-
-
-def canonical_json(obj: Any) -> str:
-    """The one JSON text of ``obj`` that is hashed: sorted keys, no spaces, ASCII, no NaN."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-
-
-def config_hash(obj: Any) -> str:
-    """First 16 hex digits of the sha256 of :func:`canonical_json` (64 bits: collisions are not a concern)."""
-    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:HASH_CHARS]
 
 
 def flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

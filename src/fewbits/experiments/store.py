@@ -24,11 +24,11 @@ import math
 import os
 import shutil
 import socket
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from fewbits._util import fs
 from fewbits.errors import FewbitsError
 
 RESULT_FILE, STAGE_FILE = "result.json", "stage.json"
@@ -55,17 +55,7 @@ def jsonable(obj: Any) -> Any:
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write ``data`` (through :func:`jsonable`) as JSON to a temporary file beside ``path``, fsync it, then
     rename it over ``path``."""
-    text = json.dumps(jsonable(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    fs.write_json_atomic(path, jsonable(data))
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

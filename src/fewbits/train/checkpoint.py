@@ -26,23 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from fewbits._util.fs import write_text_atomic
 from fewbits.errors import FewbitsValueError
 
 POINTER, MODEL_FILE, STATE_FILE, LOG_FILE = "checkpoints.json", "model.safetensors", "trainer_state.pt", "metrics.jsonl"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, flush it to disk, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --- RNG states, as tensors and plain numbers so that torch.load(weights_only=True) reads them -------------
