@@ -27,8 +27,8 @@ from _report import machine_line, write_section  # noqa: E402
 
 from fewbits.data import load_task, make_collate  # noqa: E402
 from fewbits.models import forward_batch, load_model, logits_of  # noqa: E402
-from fewbits.nn import compress  # noqa: E402
-from fewbits.sparsify import MaskConfig, prepare  # noqa: E402
+from fewbits.methods.codebook import compress  # noqa: E402
+from fewbits.protocols.mask import MaskConfig, prepare  # noqa: E402
 from fewbits.train import TrainConfig  # noqa: E402
 from fewbits.train.loop import build_param_groups, task_loss  # noqa: E402
 

@@ -5,7 +5,7 @@ Run: ``.venv/bin/python benchmarks/mask_vader.py [--seeds 3] [--epochs 1] [--thr
 
 Each quantized base is built once (``fewbits.compress`` of the embeddings and fully connected
 layers, the P1 targets), saved with ``fewbits.save`` and shared by every seed: each seed loads it
-with ``fewbits.sparsify.load_base`` (fresh head from the seed), learns a mask and the head, and
+with ``fewbits.protocols.mask.load_base`` (fresh head from the seed), learns a mask and the head, and
 saves ONLY the mask and head with ``save_mask``, whose size on disk is reported. Fine-tuning the
 weights uses the same loop, data order and steps. Every run's result is appended to
 ``--results`` (JSON lines) so an interrupted sweep resumes where it stopped.
@@ -28,10 +28,10 @@ from _report import machine_line, write_section  # noqa: E402
 
 import fewbits  # noqa: E402
 from fewbits.data import load_task  # noqa: E402
-from fewbits.io.mask_codec import describe_mask  # noqa: E402
+from fewbits.methods.mask.codec import describe_mask  # noqa: E402
 from fewbits.models import load_model  # noqa: E402
 from fewbits.nn import head_names  # noqa: E402
-from fewbits.sparsify import MaskConfig, load_base, new_head, save_mask, train_mask  # noqa: E402
+from fewbits.protocols.mask import MaskConfig, load_base, new_head, save_mask, train_mask  # noqa: E402
 from fewbits.train import TrainConfig, train  # noqa: E402
 
 

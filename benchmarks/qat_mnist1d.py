@@ -29,11 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine_line, write_section  # noqa: E402
 
 from fewbits.data import load_task  # noqa: E402
-from fewbits.models import build_model, load_model, save_model  # noqa: E402
-from fewbits.qat import (SecondPhase, export_qat, load_ste_checkpoint, prepare_qat, run_second_phase,  # noqa: E402
-                         run_ste_phase, ste_phase_done)
+from fewbits.loading import load_any  # noqa: E402
+from fewbits.models import build_model, save_model  # noqa: E402
+from fewbits.methods.qat import RegularizerConfig, prepare_qat  # noqa: E402
+from fewbits.protocols.qat import (export_qat, load_ste_checkpoint, run_second_phase, run_ste_phase,  # noqa: E402
+                                   ste_phase_done)
 from fewbits.train import TrainConfig, train  # noqa: E402
-from fewbits.train.regularizers import quantization_error  # noqa: E402
+from fewbits.methods.qat.training import ste_squared_error  # noqa: E402
 
 SETTINGS = ((2, 2, True), (2, 32, True), (2, 2, False))  # (wbits, abits, keep first and last layer FP32)
 METHODS = ("ste", "msqe", "fisher", "kd")
@@ -69,7 +71,7 @@ def teacher(task, seed: int, root: Path) -> tuple[torch.nn.Module, dict]:
     """The FP32 cnn1d of this seed (trained once, then read back)."""
     run = root / f"seed{seed}" / "fp32"
     if (cached := done(run)) is not None:
-        return load_model(str(run / "model"), task, new_head=False)[0], cached
+        return load_any(str(run / "model"), task, new_head=False)[0], cached
     started = time.perf_counter()
     torch.manual_seed(seed)
     model = build_model("cnn1d", num_classes=10)
@@ -88,7 +90,7 @@ def ste_phase(task, fp32: torch.nn.Module, seed: int, wbits: int, abits: int, ke
     model.load_state_dict(fp32.state_dict())
     spec = prepare_qat(model, wbits, abits, keep_first_last=keep_first_last)
     result = run_ste_phase(model, task, config("ste", seed, run), spec)
-    return finish(run, {"accuracy": result.metrics["accuracy"], "qerr": float(quantization_error(model).detach())}, started)
+    return finish(run, {"accuracy": result.metrics["accuracy"], "qerr": float(ste_squared_error(model).detach())}, started)
 
 
 def second_phase(task, fp32: torch.nn.Module, seed: int, ste_dir: Path, method: str, temperature: float,
@@ -99,12 +101,12 @@ def second_phase(task, fp32: torch.nn.Module, seed: int, ste_dir: Path, method: 
     started = time.perf_counter()
     model = build_model("cnn1d", num_classes=10)
     spec, fisher = load_ste_checkpoint(model, ste_dir)
-    phase = SecondPhase(method=method, lam=LAM[method], temperature=temperature, fisher_normalize=True)
+    phase = RegularizerConfig(method=method, lam=LAM[method], temperature=temperature, fisher_normalize=True)
     result = run_second_phase(model, task, config("second", seed, run), spec, phase, fisher=fisher,
                               teacher=fp32 if method == "kd" else None)
     if export:
         export_qat(model, run / "model", spec)
-    return finish(run, {"accuracy": result.metrics["accuracy"], "qerr": float(quantization_error(model).detach()),
+    return finish(run, {"accuracy": result.metrics["accuracy"], "qerr": float(ste_squared_error(model).detach()),
                         "method": method, "temperature": temperature, "lam": LAM[method]}, started)
 
 

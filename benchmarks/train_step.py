@@ -27,7 +27,8 @@ from _report import machine_line, write_section  # noqa: E402
 
 import fewbits  # noqa: E402
 from fewbits.models.hf import minilm_path, quiet_transformers  # noqa: E402
-from fewbits.nn import codebook_modules, param_groups, remove_weight_parametrizations  # noqa: E402
+from fewbits.methods.codebook import codebook_modules, param_groups  # noqa: E402
+from fewbits.nn import remove_weight_parametrizations  # noqa: E402
 
 LR = 5e-5
 

@@ -1,4 +1,4 @@
-"""The P1 pipeline (fewbits.pipeline) and its commands `fewbits quantize` and `fewbits demo`, on tiny-bert and a
+"""The P1 pipeline (fewbits.protocols.codebook) and its commands `fewbits quantize` and `fewbits demo`, on tiny-bert and a
 slice of VADER: quantize, centroid fine-tuning (codes frozen, only codebooks and unquantized parameters move), the
 artifact reloading to identical outputs, the FP32 cache, and one-line CLI errors."""
 
@@ -16,8 +16,9 @@ from fewbits import cli
 from fewbits.data import load_task
 from fewbits.errors import FewbitsValueError
 from fewbits.models import forward_batch
-from fewbits.nn import codebook_modules, default_targets
-from fewbits.pipeline import (P1Config, P1Result, eval_sorted, finetune_fp32, plot_scores, quantization_error,
+from fewbits.methods.codebook import codebook_modules
+from fewbits.nn import default_targets
+from fewbits.protocols.codebook import (QuantizeFinetuneConfig, QuantizeFinetuneResult, eval_sorted, finetune_fp32, plot_scores, quantization_error,
                               quantize_finetune)
 from fewbits.train import TrainConfig, evaluate
 
@@ -47,10 +48,10 @@ def fp32(task, tmp_path_factory):
     return finetune_fp32("tiny-bert", task, config, tmp_path_factory.mktemp("fp32"))
 
 
-def small_config(**kw) -> P1Config:
+def small_config(**kw) -> QuantizeFinetuneConfig:
     base = {"scheme": "kmeans", "bits": 2, "epochs": 1, "max_steps": 4, "batch_size": 16, "lr": 1e-3,
             "max_length": MAX_LENGTH}
-    return P1Config(**{**base, **kw})
+    return QuantizeFinetuneConfig(**{**base, **kw})
 
 
 def first_batch(task, tokenizer):
@@ -110,7 +111,7 @@ def test_no_finetuning_scores_after_as_before(task, fp32):
 
 def test_result_round_trips_through_json(task, fp32):
     result = quantize_finetune(copy.deepcopy(fp32.model), task, small_config(epochs=0), tokenizer=fp32.tokenizer)
-    again = P1Result.from_dict(json.loads(json.dumps(result.to_dict())))
+    again = QuantizeFinetuneResult.from_dict(json.loads(json.dumps(result.to_dict())))
     assert again == result and again.score_before == result.before["accuracy"]
 
 

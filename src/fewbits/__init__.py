@@ -7,6 +7,10 @@ The main entry points are imported on first use, so ``import fewbits`` (and the 
     model = fewbits.load("out/model-3bit")                # bit-identical outputs
     fewbits.describe("out/model-3bit").bits_per_weight    # true size, as `fewbits info` prints it
     fewbits.decompress(model)                             # plain weights again, for any runtime
+
+Every method (codebook, qat, mask) is also a config applied by one entry point,
+``fewbits.apply(model, CodebookConfig(scheme="kmeans", bits=3))``, and every artifact, whatever its
+method, loads with ``fewbits.load``.
 """
 
 from __future__ import annotations
@@ -20,10 +24,13 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it (imported lazily by __getattr__)
 _LAZY = {
-    "compress": "fewbits.nn",
-    "decompress": "fewbits.nn",
+    "compress": "fewbits.methods.codebook",
+    "decompress": "fewbits.methods.codebook",
+    "apply": "fewbits.methods.registry",
+    "prepare_qat": "fewbits.methods.qat",
     "save": "fewbits.io",
-    "load": "fewbits.io",
+    "load": "fewbits.loading",
+    "load_tokenizer": "fewbits.loading",
     "describe": "fewbits.io",
 }
 

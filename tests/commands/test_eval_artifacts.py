@@ -11,7 +11,7 @@ import fewbits
 from fewbits import cli
 from fewbits.data import load_task
 from fewbits.models import load_model
-from fewbits.sparsify import load_mask
+from fewbits.protocols.mask import load_mask
 from fewbits.train import evaluate
 
 

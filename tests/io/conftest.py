@@ -9,7 +9,7 @@ import torch
 from _io_helpers import bert_model, bin_quantizer, nudge_codebooks
 from torch import nn
 
-from fewbits.nn import compress
+from fewbits.methods.codebook import compress
 
 
 @pytest.fixture

@@ -13,8 +13,9 @@ from torch.nn.utils import parametrize
 
 import fewbits
 from fewbits.errors import ArtifactError, FewbitsValueError
-from fewbits.io import MANIFEST_FILE, TENSORS_FILE, load_tokenizer
-from fewbits.nn import codebook_modules
+from fewbits.io import MANIFEST_FILE, TENSORS_FILE
+from fewbits.loading import load_tokenizer
+from fewbits.methods.codebook import codebook_modules
 
 
 def _logits(model, tokens):
@@ -101,7 +102,7 @@ def test_tied_weights_stay_tied(tmp_path):
     nudge_codebooks(model)
     fewbits.save(model, tmp_path / "mlm")
     manifest = json.loads((tmp_path / "mlm" / MANIFEST_FILE).read_text())
-    assert manifest["layers"]["bert.embeddings.word_embeddings"]["tied"] == ["cls.predictions.decoder"]
+    assert manifest["data"]["layers"]["bert.embeddings.word_embeddings"]["tied"] == ["cls.predictions.decoder"]
     loaded = fewbits.load(tmp_path / "mlm")
     found = codebook_modules(loaded)
     assert found["cls.predictions.decoder"][1] is found["bert.embeddings.word_embeddings"][1]
@@ -117,7 +118,7 @@ def test_shared_uncompressed_tensors_are_stored_once(tmp_path):
     fewbits.compress(model, bin_quantizer, 2, exclude=r".*word_embeddings|.*decoder")
     fewbits.save(model, tmp_path / "mlm")
     manifest = json.loads((tmp_path / "mlm" / MANIFEST_FILE).read_text())
-    assert manifest["aliases"] == {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+    assert manifest["data"]["aliases"] == {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
                                    "cls.predictions.decoder.bias": "cls.predictions.bias"}
     loaded = fewbits.load(tmp_path / "mlm")
     assert loaded.cls.predictions.decoder.weight is loaded.bert.embeddings.word_embeddings.weight
@@ -146,7 +147,7 @@ def test_load_tokenizer_without_one(artifact):
 
 def test_overwrites_an_artifact_but_not_a_foreign_directory(tmp_path, compressed_bert, artifact):
     fewbits.save(bert_model(seed=5), artifact)  # replaces the artifact
-    assert json.loads((artifact / MANIFEST_FILE).read_text())["layers"] == {}
+    assert json.loads((artifact / MANIFEST_FILE).read_text())["data"]["layers"] == {}
     foreign = tmp_path / "notes"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("mine")

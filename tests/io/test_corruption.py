@@ -24,12 +24,20 @@ def _write_manifest(path, manifest):
     (path / MANIFEST_FILE).write_text(json.dumps(manifest))
 
 
-def _rewrite_tensors(path, data):
-    """Replace the tensors file and make the manifest's size and checksum agree with it."""
-    (path / TENSORS_FILE).write_bytes(data)
+def _rewrite(path, name, data):
+    """Replace one file of the artifact and make the manifest's size and checksum agree with it."""
+    (path / name).write_bytes(data)
     manifest = _manifest(path)
-    manifest["tensors"].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    manifest["files"][name].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
     _write_manifest(path, manifest)
+
+
+def _rewrite_tensors(path, data):
+    _rewrite(path, TENSORS_FILE, data)
+
+
+def _rewrite_config(path, config):
+    _rewrite(path, "config.json", json.dumps(config).encode())
 
 
 def _expect(path, file_name, *fragments):
@@ -66,14 +74,16 @@ def test_missing_files(artifact, tmp_path):
 
 
 @pytest.mark.parametrize("edit, fragment", [
-    (lambda m: m.update(format_version=2), "newer"),
+    (lambda m: m.update(format_version=3), "newer"),
     (lambda m: m.update(format="something-else"), "not a fewbits manifest"),
-    (lambda m: m.pop("layers"), "'layers'"),
-    (lambda m: m["layers"]["bert.pooler.dense"].update(bits=9), "'bits'"),
-    (lambda m: m["layers"]["bert.pooler.dense"].update(n_groups=7), "'n_groups'"),
-    (lambda m: m["layers"]["bert.pooler.dense"].update(shape=[32, "x"]), "'shape'"),
-    (lambda m: m["tensors"].update(sha256="abc"), "sha256"),
-    (lambda m: m["tensors"].update(file="../elsewhere.safetensors"), "'tensors'"),
+    (lambda m: m["data"].pop("layers"), "'layers'"),
+    (lambda m: m["data"]["layers"]["bert.pooler.dense"].update(bits=9), "'bits'"),
+    (lambda m: m["data"]["layers"]["bert.pooler.dense"].update(n_groups=7), "'n_groups'"),
+    (lambda m: m["data"]["layers"]["bert.pooler.dense"].update(shape=[32, "x"]), "'shape'"),
+    (lambda m: m["files"][TENSORS_FILE].update(sha256="abc"), "sha256"),
+    (lambda m: m["files"].update({"../elsewhere.safetensors": m["files"].pop(TENSORS_FILE)}), "'files'"),
+    (lambda m: m["files"].pop("config.json"), "'files'"),
+    (lambda m: m.update(method="no-such-method"), "no-such-method"),
     (lambda m: m.update(tokenizer_files=["../../etc/passwd"]), "tokenizer_files"),
     (lambda m: m["base"].update(kind="pickle"), "base.kind"),
 ])
@@ -91,7 +101,7 @@ def test_manifest_not_json(artifact):
 
 def test_manifest_bits_disagreeing_with_the_packed_codes(artifact):
     manifest = _manifest(artifact)
-    manifest["layers"]["bert.pooler.dense"]["bits"] = 4  # the file holds 3-bit codes
+    manifest["data"]["layers"]["bert.pooler.dense"]["bits"] = 4  # the file holds 3-bit codes
     _write_manifest(artifact, manifest)
     _expect(artifact, TENSORS_FILE, "bert.pooler.dense")
 
@@ -111,14 +121,14 @@ def test_consistent_but_corrupt_safetensors_header(artifact):
 def test_artifact_for_another_base_model(artifact):
     config = json.loads((artifact / "config.json").read_text())
     config["hidden_size"], config["intermediate_size"] = 64, 128
-    (artifact / "config.json").write_text(json.dumps(config))
+    _rewrite_config(artifact, config)
     _expect(artifact, "config.json", "shape", "another base model")
 
 
 def test_config_with_fewer_layers(artifact):
     config = json.loads((artifact / "config.json").read_text())
     config["num_hidden_layers"] = 1
-    (artifact / "config.json").write_text(json.dumps(config))
+    _rewrite_config(artifact, config)
     _expect(artifact, "config.json", "encoder.layer.1")
 
 
@@ -126,6 +136,20 @@ def test_config_with_fewer_layers(artifact):
 def test_broken_config(artifact, damage):
     damage(artifact / "config.json")
     _expect(artifact, "config.json")
+
+
+def test_broken_config_with_a_matching_checksum(artifact):
+    _rewrite(artifact, "config.json", b"{oops")
+    with pytest.raises(ArtifactError, match="config.json"):
+        fewbits.load(artifact)
+
+
+def test_every_file_is_checksummed_config_and_tokenizer_included(artifact):
+    config = json.loads((artifact / "config.json").read_text())
+    config["num_hidden_layers"] = 1  # valid JSON, same size class: only the checksum can tell
+    (artifact / "config.json").write_text(json.dumps(config))
+    _expect(artifact, "config.json")
+    assert set(_manifest(artifact)["files"]) == {TENSORS_FILE, "config.json"}
 
 
 def test_unknown_transformers_class(artifact):

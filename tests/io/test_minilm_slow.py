@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import fewbits
-from fewbits.io import describe, load_tokenizer
-from fewbits.nn import param_groups
+from fewbits.io import describe
+from fewbits.loading import load_tokenizer
+from fewbits.methods.codebook import param_groups
 
 
 @pytest.mark.slow

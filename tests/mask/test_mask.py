@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from fewbits.errors import FewbitsValueError, TargetsNotFoundError
-from fewbits.nn import codebook_modules, compress
+from fewbits.methods.codebook import codebook_modules, compress
 from fewbits.nn.mask import Mask, apply_mask, kept_fraction, mask_modules, masks, set_masks, topk_mask
 
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fewbits.errors import ArtifactError, FewbitsValueError
-from fewbits.io.mask_codec import EncodedMask, decode, encode, entropy_bits
+from fewbits.methods.mask.codec import EncodedMask, decode, encode, entropy_bits
 
 
 def _round_trip(mask: torch.Tensor, method: str = "auto") -> EncodedMask:

@@ -11,11 +11,22 @@ import fewbits
 from fewbits.commands import mask as mask_command
 from fewbits.data import load_task, make_collate
 from fewbits.errors import ArtifactError, FewbitsValueError
-from fewbits.io.mask_codec import MASK_TENSORS_FILE, describe_mask, format_mask_summary, read_mask_artifact
+from fewbits.commands.info import format_mask_summary
+from fewbits.io import TENSORS_FILE as MASK_TENSORS_FILE
+from fewbits.io import describe as describe_mask
+from fewbits.io import read_artifact
+from fewbits.methods.mask.serialize import decode_all
 from fewbits.models import load_model, save_model
-from fewbits.nn import codebook_modules
-from fewbits.sparsify import MaskConfig, load_base, load_mask, save_mask, train_mask
+from fewbits.methods.codebook import codebook_modules
+from fewbits.protocols.mask import MaskConfig, load_base, load_mask, save_mask, train_mask
 from fewbits.train import TrainConfig
+
+def read_mask_artifact(directory):
+    """The artifact's manifest section, decoded masks and head (what the old read_mask_artifact returned)."""
+    artifact = read_artifact(directory)
+    masks, _, head = decode_all(artifact.stored())
+    return dataclasses.make_dataclass("Read", ["masks", "head", "manifest"])(masks, head, artifact.data)
+
 
 STEPS = TrainConfig(epochs=1, max_steps=6, batch_size=16, lr=1e-2, max_length=8, progress=False)
 

@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from fewbits.errors import FewbitsTypeError, FewbitsValueError, TargetsNotFoundError
-from fewbits.nn import codebook_modules, compress, decompress, param_groups
+from fewbits.methods.codebook import codebook_modules, compress, decompress, param_groups
 from fewbits.quantize import QuantizedTensor
 
 

@@ -11,7 +11,8 @@ import torch
 from fewbits import cli
 from fewbits.data import load_task
 from fewbits.nn.activations import activation_quantizers
-from fewbits.qat import load_qat, read_manifest
+from fewbits.loading import load as load_qat
+from fewbits.protocols.qat import read_run_manifest
 from fewbits.train import evaluate
 
 FEW = ["--max-steps", "3", "--batch-size", "32", "--no-progress"]
@@ -43,9 +44,9 @@ def first_run(teacher_dir, tmp_path_factory):
 def test_kd_run_writes_both_phases_and_a_loadable_artifact(first_run, capsys):
     summary = json.loads((first_run / "summary.json").read_text())
     assert summary["method"] == "kd" and summary["second_phase"]["steps"] == 3
-    assert read_manifest(first_run / "ste-phase")["spec"]["layers"] == ["features.1.0", "features.2.0"]
-    assert read_manifest(first_run / "ste-phase")["phase"] == "ste"
-    assert read_manifest(first_run)["second_phase"]["temperature"] == 2.0
+    assert read_run_manifest(first_run / "ste-phase")["spec"]["layers"] == ["features.1.0", "features.2.0"]
+    assert read_run_manifest(first_run / "ste-phase")["phase"] == "ste"
+    assert read_run_manifest(first_run)["second_phase"]["temperature"] == 2.0
     model = load_qat(first_run / "model")
     assert list(activation_quantizers(model)) == ["features.1.0", "features.2.0"]
     metrics = evaluate(model, load_task("mnist1d"))

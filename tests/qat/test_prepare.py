@@ -10,7 +10,8 @@ from fewbits.models.cnn1d import CNN1d
 from fewbits.models.resnet import ResNet18
 from fewbits.nn.activations import activation_quantizers
 from fewbits.nn.ste import ste_modules
-from fewbits.qat import QATSpec, apply_spec, prepare_qat
+from fewbits.methods.qat import QATConfig, prepare_qat
+from fewbits.methods.qat import apply as apply_spec
 
 
 def test_default_keeps_first_and_last_layer_full_precision():
@@ -39,7 +40,7 @@ def test_spec_round_trip_rebuilds_the_same_model():
     spec = prepare_qat(model, wbits=2, abits=4, exclude=["features.2.0"])
     model(torch.randn(4, 1, 40))  # calibrate the activation quantizers
     fresh = CNN1d(width=4)
-    rebuilt = apply_spec(fresh, QATSpec.from_dict(spec.to_dict()))
+    rebuilt = apply_spec(fresh, QATConfig.from_dict(spec.to_dict()))
     assert rebuilt == spec
     fresh.load_state_dict(model.state_dict())
     model.eval(), fresh.eval()
@@ -62,4 +63,4 @@ def test_bad_arguments_raise_before_changing_the_model():
     with pytest.raises(FewbitsValueError, match="already prepared"):
         prepare_qat(model, wbits=2)
     with pytest.raises(FewbitsValueError, match="unknown|Unknown"):
-        QATSpec.from_dict({"wbits": 2, "colour": 1})
+        QATConfig.from_dict({"wbits": 2, "colour": 1})

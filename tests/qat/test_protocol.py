@@ -14,12 +14,14 @@ import fewbits
 from fewbits.data import load_task, make_collate
 from fewbits.models import build_model, forward_batch, load_model
 from fewbits.nn.activations import activation_quantizers
-from fewbits.nn.compress import codebook_modules
-from fewbits.qat import (FISHER_FILE, SecondPhase, export_qat, load_qat, load_ste_checkpoint, prepare_qat,
-                         read_manifest, run_second_phase, run_ste_phase)
+from fewbits.methods.codebook import codebook_modules
+from fewbits.loading import load as load_qat
+from fewbits.protocols.qat import (FISHER_FILE, export_qat, load_ste_checkpoint, read_run_manifest, run_second_phase,
+                                   run_ste_phase)
+from fewbits.methods.qat import RegularizerConfig, prepare_qat
 from fewbits.quantize.uniform import uniform
 from fewbits.train import TrainConfig, evaluate, latest_checkpoint, load_trainer_state, train
-from fewbits.train.regularizers import Distillation
+from fewbits.methods.qat.training import Distillation
 
 
 def _config(out, epochs=1, **kw):
@@ -42,7 +44,7 @@ def ste_run(small_mnist1d, tmp_path_factory):
 
 def test_ste_phase_writes_spec_and_the_adam_fisher(ste_run):
     teacher, spec, out, result, student = ste_run
-    assert read_manifest(out)["spec"] == spec.to_dict()
+    assert read_run_manifest(out)["spec"] == spec.to_dict()
     fisher = load_file(str(out / FISHER_FILE))
     assert sorted(fisher) == sorted(spec.layers)
     # equal to Adam's bias-corrected second moment in the last checkpoint
@@ -60,11 +62,11 @@ def test_every_method_starts_from_the_same_checkpoint(ste_run, small_mnist1d, tm
     start = {k: v.clone() for k, v in model.state_dict().items()}
     for key, value in trained.state_dict().items():
         assert torch.equal(start[key], value), key
-    phase = SecondPhase(method=method, lam=0.5, temperature=2.0)
+    phase = RegularizerConfig(method=method, lam=0.5, temperature=2.0)
     result = run_second_phase(model, small_mnist1d, _config(tmp_path, max_steps=3), spec, phase, fisher=fisher,
                               teacher=copy.deepcopy(teacher))
     assert 0.0 <= result.metrics["accuracy"] <= 1.0
-    assert read_manifest(tmp_path)["second_phase"]["method"] == method
+    assert read_run_manifest(tmp_path)["second_phase"]["method"] == method
     moved = [k for k in start if k.endswith("original") and not torch.equal(start[k], model.state_dict()[k])]
     assert moved  # the latent weights trained
 
@@ -73,15 +75,15 @@ def test_true_fisher_option_and_missing_inputs(ste_run, small_mnist1d, tmp_path)
     _, _, out, _, _ = ste_run
     model = build_model("cnn1d", width=8)
     spec, _ = load_ste_checkpoint(model, out)
-    phase = SecondPhase(method="fisher", fisher="true", true_fisher_examples=16, lam=1.0, fisher_normalize=True)
+    phase = RegularizerConfig(method="fisher", fisher="true", true_fisher_examples=16, lam=1.0, fisher_normalize=True)
     result = run_second_phase(model, small_mnist1d, _config(tmp_path, max_steps=1), spec, phase)
     assert result.step == 1
     with pytest.raises(fewbits.FewbitsError, match="fisher"):
-        run_second_phase(model, small_mnist1d, _config(tmp_path), spec, SecondPhase(method="fisher"))
+        run_second_phase(model, small_mnist1d, _config(tmp_path), spec, RegularizerConfig(method="fisher"))
     with pytest.raises(fewbits.FewbitsError, match="teacher"):
-        run_second_phase(model, small_mnist1d, _config(tmp_path), spec, SecondPhase(method="kd"))
+        run_second_phase(model, small_mnist1d, _config(tmp_path), spec, RegularizerConfig(method="kd"))
     with pytest.raises(fewbits.FewbitsError, match="method"):
-        SecondPhase(method="dropout")
+        RegularizerConfig(method="dropout")
 
 
 def test_artifact_round_trip_gives_the_same_outputs(ste_run, small_mnist1d, tmp_path):
@@ -122,7 +124,7 @@ def test_qat_and_kd_on_a_hugging_face_model(tmp_path, regression):
     spec = prepare_qat(student, wbits=2, abits=4)
     assert "bert.embeddings.position_embeddings" in spec.layers and "classifier" not in spec.layers
     assert "bert.embeddings.position_embeddings" not in activation_quantizers(student)
-    phase = SecondPhase(method="kd", lam=1.0, temperature=2.0)
+    phase = RegularizerConfig(method="kd", lam=1.0, temperature=2.0)
     result = run_second_phase(student, task, _config(tmp_path, max_steps=2), spec, phase, teacher=teacher,
                               tokenizer=tokenizer)
     assert result.step == 2 and task.main_metric in result.metrics

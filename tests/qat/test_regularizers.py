@@ -11,8 +11,8 @@ from torch import nn
 from fewbits.errors import FewbitsValueError
 from fewbits.nn.ste import STEQuantize, latent_weight
 from fewbits.nn.targets import register_weight_parametrization
-from fewbits.train.regularizers import (MSQE, Distillation, FisherPenalty, adam_fisher, kd_loss,
-                                        quantization_error, true_fisher)
+from fewbits.methods.qat.training import (MSQE, Distillation, FisherPenalty, adam_fisher, kd_loss,
+                                        ste_squared_error, true_fisher)
 
 
 def _mlp(seed: int = 0, bits: int = 2) -> nn.Sequential:
@@ -102,7 +102,7 @@ def test_msqe_value_and_gradient():
 
 def test_quantization_error_needs_ste_weights():
     with pytest.raises(FewbitsValueError, match="no STE-quantized weight"):
-        quantization_error(nn.Linear(2, 2))
+        ste_squared_error(nn.Linear(2, 2))
 
 
 # ------------------------------------------------------------------------------------------ Fisher
@@ -177,8 +177,8 @@ def test_fisher_penalty_value_and_normalize():
     f = {"0": torch.full_like(latent_weight(model[0]), 2.0), "2": torch.full_like(latent_weight(model[2]), 2.0)}
     raw = FisherPenalty(f, lam=1.0)
     normalized = FisherPenalty(f, lam=1.0, normalize=True)
-    assert float(raw.penalty(model)) == pytest.approx(float(quantization_error(model).detach()), rel=1e-5)
-    assert float(normalized.penalty(model)) == pytest.approx(0.5 * float(quantization_error(model).detach()), rel=1e-5)
+    assert float(raw.penalty(model)) == pytest.approx(float(ste_squared_error(model).detach()), rel=1e-5)
+    assert float(normalized.penalty(model)) == pytest.approx(0.5 * float(ste_squared_error(model).detach()), rel=1e-5)
     with pytest.raises(FewbitsValueError, match="non-negative"):
         FisherPenalty({"0": -f["0"]}, lam=1.0)
     with pytest.raises(FewbitsValueError, match="lam"):

@@ -81,7 +81,7 @@ def _weights_only(args: argparse.Namespace) -> int:
 
     import fewbits
     from fewbits.models import load_model
-    from fewbits.pipeline import choose_threads, quantization_error
+    from fewbits.protocols.codebook import choose_threads, quantization_error
 
     choose_threads(args.threads)
     model, _ = load_model(args.model, num_labels=2)
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
 
     from fewbits.data import load_task
     from fewbits.experiments.stages_common import prior_metrics
-    from fewbits.pipeline import (P1Config, P1Result, choose_threads, config_key, finetune_fp32, fp32_settings,
+    from fewbits.protocols.codebook import (QuantizeFinetuneConfig, QuantizeFinetuneResult, choose_threads, config_key, finetune_fp32, fp32_settings,
                                   plot_scores, quantize_finetune)
     from fewbits.train import TrainConfig
     from fewbits._util.fs import write_text_atomic
@@ -146,9 +146,9 @@ def run(args: argparse.Namespace) -> int:
 
     steps_per_epoch = max(1, len(task.splits["train"]) // args.batch_size)
     epochs = -(-args.finetune_steps // steps_per_epoch)  # enough epochs for the steps; 0: no fine-tuning
-    base = P1Config(seed=args.seed, epochs=epochs, max_steps=args.finetune_steps or None, batch_size=args.batch_size,
+    base = QuantizeFinetuneConfig(seed=args.seed, epochs=epochs, max_steps=args.finetune_steps or None, batch_size=args.batch_size,
                     lr=args.lr, max_length=args.max_length)
-    results: list[P1Result] = []
+    results: list[QuantizeFinetuneResult] = []
     cells = [(s, b) for s in args.schemes for b in args.bits]
     bar = tqdm(cells, desc="P1 models", unit="model", file=sys.stderr, disable=not progress)
     for scheme, bits in bar:
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         artifact_dir, record_path = out / f"{scheme}-{bits}bit", out / "cells" / f"{scheme}-{bits}bit.json"
         record = None if args.fresh else _load_record(record_path)
         if record is not None and record.get("key") == key and artifact_dir.is_dir():
-            results.append(P1Result.from_dict(record["result"]))
+            results.append(QuantizeFinetuneResult.from_dict(record["result"]))
             continue
         result = quantize_finetune(copy.deepcopy(fp32.model), task, config, tokenizer=fp32.tokenizer,
                                    artifact_dir=artifact_dir, progress=progress)
@@ -196,9 +196,9 @@ def _settings_line(settings: dict[str, Any]) -> str:
 
 def results_markdown(summary: dict[str, Any]) -> str:
     """The demo's table (scheme x bits) and, per bit width, whether k-means beats linear, as Markdown."""
-    from fewbits.pipeline import P1Result
+    from fewbits.protocols.codebook import QuantizeFinetuneResult
 
-    results = [P1Result.from_dict(r) for r in summary["results"]]
+    results = [QuantizeFinetuneResult.from_dict(r) for r in summary["results"]]
     metric = summary["metric"]
     lines = [f"{summary['model']} on {summary['task']} ({summary['split']} {metric}, %): FP32 "
              f"{100 * summary['fp32'][metric]:.1f}; label prior (always the majority class) "

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     """Load the task and model, evaluate, print the metrics."""
     from fewbits.data import load_task
     from fewbits.errors import FewbitsValueError, bad_param
-    from fewbits.models import load_model
+    from fewbits.loading import load_any, load_with_tokenizer
     from fewbits.train import evaluate
 
     import torch
@@ -54,15 +54,13 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     task = load_task(args.task, args.data_dir)
     if args.mask is not None:
-        from fewbits.sparsify import load_mask
-
-        model, tokenizer = load_mask(args.model, args.mask)
+        model, tokenizer = load_with_tokenizer(args.mask, base=args.model)
         classes = getattr(getattr(model, "config", None), "num_labels", task.num_labels)
         if classes != task.num_labels:
             raise FewbitsValueError(f"The mask in {args.mask} has a head with {classes} outputs but "
                                     f"task {task.name} has {task.num_labels}; give a mask trained on this task.")
     else:
-        model, tokenizer = load_model(args.model, task, new_head=False)
+        model, tokenizer = load_any(args.model, task, new_head=False)
     split = args.split or task.eval_split
     metrics = evaluate(model, task, split, tokenizer=tokenizer, batch_size=args.batch_size, max_length=args.max_length)
     if args.json:

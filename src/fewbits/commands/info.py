@@ -14,7 +14,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from fewbits.io.summary import ArtifactSummary
+    from fewbits.io.summary import ArtifactSummary, MaskSummary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,13 +68,38 @@ def format_summary(s: ArtifactSummary, max_layers: int | None = None) -> str:
     return "\n".join(lines)
 
 
+def format_mask_summary(summary: MaskSummary, max_layers: int | None = None) -> str:
+    """The text ``fewbits info`` prints for a task artifact: per-layer mask sizes and sparsity, then totals."""
+    task = summary.info.get("task", {}).get("name", "?") if isinstance(summary.info.get("task"), dict) else "?"
+    source = summary.base_source or "source unknown"
+    lines = [f"task mask  {summary.directory}",
+             f"task       {task}; base sha256 {summary.base_sha256[:16]}... ({source})",
+             ""]
+    layers = sorted(summary.layers, key=lambda m: -m.numel)[:max_layers] if max_layers else summary.layers
+    width = max([len("layer")] + [len(m.name) for m in layers])
+    lines.append(f"{'layer':<{width}}  {'shape':>14}  {'sparsity':>8}  {'method':>7}  {'bytes':>9}  "
+                 f"{'bits/weight':>11}")
+    for m in layers:
+        lines.append(f"{m.name:<{width}}  {'x'.join(map(str, m.shape)):>14}  {100 * m.sparsity:>7.2f}%  "
+                     f"{m.method:>7}  {m.nbytes:>9,}  {m.bits_per_weight:>11.4f}")
+    if len(layers) < len(summary.layers):
+        lines.append(f"... and {len(summary.layers) - len(layers)} smaller layers")
+    lines += ["",
+              f"masks   {len(summary.layers)} layers, {summary.weights:,} weights, sparsity "
+              f"{100 * summary.sparsity:.2f}%: {summary.mask_bytes:,} bytes = {summary.mask_bits_per_weight:.4f} "
+              "bits per weight (a plain bitmask: 1 bit)",
+              f"head    {summary.head_values:,} values: {summary.head_bytes:,} bytes",
+              f"headers {summary.header_bytes:,} bytes; total {summary.total_bytes:,} bytes"]
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     # imported here: `fewbits --help` must not load torch
-    from fewbits.io.mask_codec import describe_mask, format_mask_summary, is_mask_artifact
-    from fewbits.io.summary import describe
+    from fewbits.io.summary import MaskSummary, describe
 
-    if is_mask_artifact(args.directory):
-        print(format_mask_summary(describe_mask(args.directory), args.layers))
+    summary = describe(args.directory)
+    if isinstance(summary, MaskSummary):
+        print(format_mask_summary(summary, args.layers))
     else:
-        print(format_summary(describe(args.directory), args.layers))
+        print(format_summary(summary, args.layers))
     return 0

@@ -75,23 +75,9 @@ def check_positive(args: argparse.Namespace, names: list[str], verb: str, allow_
 
 def load_for_analysis(model_arg: str, task: Any) -> tuple[Any, Any]:
     """``(model, tokenizer)`` from a finetune directory, a fewbits artifact (QAT or not), or a model name."""
-    from fewbits.io import MANIFEST_FILE, load, load_tokenizer
+    from fewbits.loading import load_any
 
-    path = Path(model_arg).expanduser()
-    if (path / "model" / MANIFEST_FILE).is_file() and not (path / MANIFEST_FILE).is_file():
-        path = path / "model"  # a `fewbits qat` run folder: its artifact
-    if (path / MANIFEST_FILE).is_file():
-        if (path / "qat.json").is_file():
-            from fewbits.qat import load_qat
-
-            model = load_qat(path)
-        else:
-            model = load(path)
-        tokenizer = load_tokenizer(path) if task.kind == "text" else None
-        return model, tokenizer
-    from fewbits.models import load_model
-
-    return load_model(model_arg, task, new_head=False)
+    return load_any(model_arg, task, new_head=False)
 
 
 def evaluation_batches(task: Any, tokenizer: Any, eval_size: int, batch_size: int, max_length: int) -> list[Any]:

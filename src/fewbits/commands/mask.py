@@ -4,7 +4,7 @@ The base (a fewbits.save directory, FP32 or quantized; a model directory; or "mi
 changed: the command trains real-valued scores (mask = scores > 0, straight-through gradient) and a
 fresh dense head, prints the kept fraction after every epoch, and writes to --out ONLY the masks
 (bit-packed or entropy-coded, whichever is smaller per layer) and the head, tied to the base by its
-checksum. Load the result with fewbits.sparsify.load_mask(BASE, OUT). The score learning rate is
+checksum. Load the result with fewbits.load(OUT, base=BASE). The score learning rate is
 the sensitive setting: if the kept fraction falls fast and accuracy drops to the label prior,
 lower --score-lr or raise --margin.
 """
@@ -46,12 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fewbits.data import load_task
-    from fewbits.io.mask_codec import describe_mask, format_mask_summary
-    from fewbits.sparsify import MaskConfig, load_base, mask_settings, save_mask, train_mask
+    from fewbits.commands.info import format_mask_summary
+    from fewbits.io import describe
+    from fewbits.protocols.mask import MaskConfig, load_base, mask_settings, save_mask, train_mask
     from fewbits.train import TrainConfig
 
     config = MaskConfig(score_lr=args.score_lr, margin=args.margin, init_sparsity=args.init_sparsity,
-                        sparsity=args.sparsity, targets=args.targets, exclude=args.exclude).check()
+                        sparsity=args.sparsity, targets=args.targets, exclude=args.exclude)
     if args.epochs < 1:
         raise FewbitsValueError(f"The '--epochs' option of fewbits mask must be a positive int. "
                                 f"Got {args.epochs} instead.")
@@ -71,5 +72,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"{task.eval_split}: {metrics}")
     info = {**mask_settings(config, train_config), "metrics": result.train.metrics, "kept": result.kept}
     out = save_mask(base.model, args.out, base, task=task, info=info)
-    print(format_mask_summary(describe_mask(out), max_layers=10))
+    print(format_mask_summary(describe(out), max_layers=10))
     return 0

@@ -10,7 +10,7 @@ last layers stay at full precision unless --quantize-first-last.
 
 Writes into --out: checkpoints/ and metrics.jsonl of phase 2 (--resume continues either phase),
 qat.json (settings), model/ (the artifact: packed W-bit codes with a per-channel codebook, and the
-learned activation steps; fewbits.qat.load_qat reads it, `fewbits info OUT/model` shows its bytes), and
+learned activation steps; fewbits.load reads it, `fewbits info OUT/model` shows its bytes), and
 summary.json (the metrics of both phases). Settings left out take the model's recipe: cnn1d
 lr 1e-3, 10 + 10 epochs, batch 64; resnet18 lr 1e-3, 30 + 10 epochs, batch 128; Hugging Face
 models lr 1e-4, 3 + 2 epochs, batch 32.
@@ -102,13 +102,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from fewbits.data import load_task
-    from fewbits.models import load_model
-    from fewbits.qat import (SecondPhase, export_qat, load_ste_checkpoint, prepare_qat, run_second_phase,
-                             run_ste_phase, ste_phase_done)
+    from fewbits.loading import load_any
+    from fewbits.methods.qat import RegularizerConfig, prepare_qat
+    from fewbits.protocols.qat import export_qat, load_ste_checkpoint, run_second_phase, run_ste_phase, ste_phase_done
     from fewbits.train import TrainConfig
 
     _check(args)
-    phase = SecondPhase(method=args.method, lam=args.lam, temperature=args.temperature, t2_scaling=not args.no_t2,
+    phase = RegularizerConfig(method=args.method, lam=args.lam, temperature=args.temperature, t2_scaling=not args.no_t2,
                         fisher=args.fisher, fisher_normalize=args.fisher_normalize,
                         true_fisher_examples=args.true_fisher_examples)
     task = load_task(args.task, args.data_dir)
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
 
     def fresh_model():
         torch.manual_seed(args.seed)  # a new head's (or a built-in model's) initial weights
-        return load_model(args.model, task)
+        return load_any(args.model, task)
 
     model, tokenizer = fresh_model()
     recipe = RECIPES.get(getattr(model, "fewbits_spec", {}).get("fewbits_model", "hf"), RECIPES["hf"])
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
 
     teacher = None
     if args.method == "kd":
-        teacher, _ = load_model(args.teacher or args.model, task, new_head=False)
+        teacher, _ = load_any(args.teacher or args.model, task, new_head=False)
     summary: dict = {"task": task.name, "split": task.eval_split, "wbits": args.wbits, "abits": args.abits,
                      "method": args.method}
     ste_dir = Path(args.ste_checkpoint) if args.ste_checkpoint else out / STE_DIR

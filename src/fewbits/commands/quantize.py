@@ -70,7 +70,7 @@ def _family(model: str) -> str:
 def run(args: argparse.Namespace) -> int:
     """Check the settings, get the FP32 model, run the pipeline, save and print the result."""
     from fewbits.data import load_task
-    from fewbits.pipeline import (P1Config, artifact_sizes, choose_threads, finetune_fp32, load_fp32,
+    from fewbits.protocols.codebook import (QuantizeFinetuneConfig, artifact_sizes, choose_threads, finetune_fp32, load_fp32,
                                   quantize_finetune)
     from fewbits.train import TrainConfig, evaluate
 
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     recipe = RECIPES[_family(args.model)]
     lr = args.lr if args.lr is not None else recipe["lr"]
     batch_size = args.batch_size if args.batch_size is not None else int(recipe["batch_size"])
-    config = P1Config(scheme=args.scheme, bits=args.bits, groups=args.groups, max_iter=args.max_iter or None,
+    config = QuantizeFinetuneConfig(scheme=args.scheme, bits=args.bits, groups=args.groups, max_iter=args.max_iter or None,
                       seed=args.seed, epochs=args.finetune_epochs, max_steps=args.finetune_max_steps,
                       batch_size=batch_size, lr=lr, quantized_lr_scale=args.quantized_lr_scale,
                       max_length=args.max_length, eval_batch_size=args.eval_batch_size)

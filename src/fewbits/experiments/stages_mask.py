@@ -86,8 +86,8 @@ class Mask(Stage):
                 raise bad_param(f"mask.{name}", "a number > 0", params[name], cls.kind)
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        from fewbits.io.mask_codec import describe_mask
-        from fewbits.sparsify import MaskConfig, load_base, save_mask, train_mask
+        from fewbits.io import describe
+        from fewbits.protocols.mask import MaskConfig, load_base, save_mask, train_mask
 
         p = ctx.params
         task = load_task(ctx)
@@ -102,7 +102,7 @@ class Mask(Stage):
                   "prior_metrics": prior_metrics(task), "kept": result.kept, "masked_layers": len(result.layers)}
         if ctx.is_main:
             directory = save_mask(base.model, ctx.out_dir / "mask", base, task=task)
-            summary = describe_mask(directory)
+            summary = describe(directory)
             record["sizes"] = {"mask_bytes": _bytes(directory), "mask_only_bytes": summary.mask_bytes,
                                "mask_bits_per_weight": summary.mask_bits_per_weight,
                                "masked_weights": summary.weights}

@@ -47,7 +47,8 @@ class STE(Stage):
                             config["pipeline"], cls.kind)
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        from fewbits.qat import prepare_qat, run_ste_phase
+        from fewbits.methods.qat import prepare_qat
+        from fewbits.protocols.qat import run_ste_phase
 
         p = ctx.params
         task = load_task(ctx)
@@ -65,7 +66,7 @@ class STE(Stage):
 
 def load_ste(ctx: StageContext) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
     """``(model, tokenizer, task, spec, fisher)``: a fresh model with the shared STE checkpoint loaded."""
-    from fewbits.qat import load_ste_checkpoint
+    from fewbits.protocols.qat import load_ste_checkpoint
 
     task = load_task(ctx)
     model, tokenizer = seeded_model(ctx, ctx.config["model"], task)
@@ -100,14 +101,15 @@ class Regularize(Stage):
 
         from fewbits.io.summary import describe
         from fewbits.models import load_model
-        from fewbits.qat import SecondPhase, export_qat, run_second_phase
+        from fewbits.methods.qat import RegularizerConfig
+        from fewbits.protocols.qat import export_qat, run_second_phase
 
         p = ctx.params
         model, tokenizer, task, spec, fisher = load_ste(ctx)
         teacher = None
         if p["method"] == "kd":
             teacher, _ = load_model(ctx.outputs["finetune"].dir / "model", task, new_head=False)
-        phase = SecondPhase(method=p["method"], lam=p["lam"], temperature=p["temperature"],
+        phase = RegularizerConfig(method=p["method"], lam=p["lam"], temperature=p["temperature"],
                             t2_scaling=p["t2_scaling"], fisher=p["fisher"], fisher_normalize=p["fisher_normalize"])
         out = ctx.out_dir / "train"
         result = run_second_phase(model, task, train_config(ctx, out), spec, phase, fisher=fisher, teacher=teacher,

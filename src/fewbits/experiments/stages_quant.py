@@ -89,7 +89,7 @@ class FinetuneQuantized(Stage):
             raise bad_param("pipeline", "a 'quantize' stage before 'finetune_quantized'", config["pipeline"], cls.kind)
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        from fewbits.nn import param_groups
+        from fewbits.methods.codebook import param_groups
         from fewbits.train import train
 
         model, tokenizer, task = ctx.state["model"], ctx.state["tokenizer"], ctx.state["task"]

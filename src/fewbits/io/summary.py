@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fewbits.io.format import CONFIG_FILE, MANIFEST_FILE, TensorEntry, read_manifest, read_tensors_file
+from fewbits._util.tensorfile import TensorEntry
+from fewbits.io.container import Artifact, read_artifact
+from fewbits.io.format import CONFIG_FILE
 
 
 @dataclass(frozen=True)
@@ -95,29 +97,99 @@ class ArtifactSummary:
         return self.total_bytes / self.theory_bytes - 1 if self.theory_bytes else 0.0
 
 
-def describe(directory: str | os.PathLike) -> ArtifactSummary:
-    """Read and verify an artifact (manifest, checksum, header) and account for every byte.
+@dataclass(frozen=True)
+class MaskLayerSize:
+    """One stored mask: its shape, kept weights, coding method and encoded bytes."""
 
+    name: str
+    shape: tuple[int, ...]
+    kept: int
+    method: str
+    nbytes: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of the layer's weights the mask removes."""
+        return 1 - self.kept / self.numel if self.numel else 0.0
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.nbytes / self.numel if self.numel else 0.0
+
+
+@dataclass(frozen=True)
+class MaskSummary:
+    """Sizes of a task artifact (see :func:`describe_mask`); all sizes in bytes."""
+
+    directory: Path
+    base_sha256: str
+    base_source: str
+    info: dict
+    layers: list[MaskLayerSize]
+    head_values: int
+    head_bytes: int
+    header_bytes: int  # safetensors header + manifest
+
+    @property
+    def weights(self) -> int:
+        """Weights covered by a mask."""
+        return sum(layer.numel for layer in self.layers)
+
+    @property
+    def mask_bytes(self) -> int:
+        return sum(layer.nbytes for layer in self.layers)
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of the masked weights removed."""
+        return 1 - sum(layer.kept for layer in self.layers) / self.weights if self.weights else 0.0
+
+    @property
+    def mask_bits_per_weight(self) -> float:
+        """Encoded mask bits per masked weight (a plain bitmask is 1.0)."""
+        return 8 * self.mask_bytes / self.weights if self.weights else 0.0
+
+    @property
+    def total_bytes(self) -> int:
+        return self.mask_bytes + self.head_bytes + self.header_bytes
+
+
+def _describe_mask(artifact: Artifact) -> MaskSummary:
+    data, entries = artifact.data, artifact.entries
+    layers = [MaskLayerSize(name, tuple(layer["shape"]), layer["kept"], layer["method"], entries[f"mask.{name}"].nbytes)
+              for name, layer in data["masks"].items()]
+    head = [entries[f"head.{key}"] for key in data["head"]]
+    return MaskSummary(artifact.directory, artifact.base["sha256"], artifact.base.get("source", ""),
+                       data.get("info", {}), layers, sum(math.prod(e.shape) for e in head),
+                       sum(e.nbytes for e in head), artifact.header_bytes + artifact.manifest_bytes)
+
+
+def describe(directory: str | os.PathLike) -> ArtifactSummary | MaskSummary:
+    """Read and verify an artifact (manifest, checksums, header) and account for every byte.
+
+    A task mask gives a :class:`MaskSummary`, any other artifact an :class:`ArtifactSummary`.
     Example: ``s = describe("out/minilm-4bit"); print(s.bits_per_weight, s.ratio)``.
     """
-    directory = Path(directory).expanduser()
-    manifest = read_manifest(directory)
-    _, entries, st_header = read_tensors_file(directory, manifest)
+    artifact = read_artifact(directory)
+    if artifact.method == "mask":
+        return _describe_mask(artifact)
+    entries, data = artifact.entries, artifact.data
     layers = [
         LayerSize(name, tuple(layer["shape"]), layer["bits"], layer["scheme"], layer["n_groups"],
                   entries[f"codes.{name}"].nbytes, entries[f"codebook.{name}"].nbytes, tuple(layer["tied"]))
-        for name, layer in manifest["layers"].items()
+        for name, layer in data["layers"].items()
     ]
     plain: list[TensorEntry] = [e for n, e in entries.items() if n.startswith("state.")]
-    config = directory / CONFIG_FILE
-    header = st_header + (directory / MANIFEST_FILE).stat().st_size
-    if manifest["base"]["kind"] == "transformers" and config.is_file():
-        header += config.stat().st_size
-    tokenizer = sum((directory / f).stat().st_size for f in manifest["tokenizer_files"] if (directory / f).is_file())
+    header = artifact.header_bytes + artifact.manifest_bytes + len(artifact.files.get(CONFIG_FILE, b""))
+    tokenizer = sum(len(artifact.files[f]) for f in artifact.tokenizer_files if f in artifact.files)
     return ArtifactSummary(
-        directory=directory, format_version=manifest["format_version"],
-        fewbits_version=str(manifest.get("fewbits_version", "?")), base=manifest["base"],
-        codebook_dtype=manifest["codebook_dtype"], layers=layers,
+        directory=artifact.directory, format_version=artifact.format_version,
+        fewbits_version=artifact.fewbits_version, base=artifact.base,
+        codebook_dtype=data["codebook_dtype"], layers=layers,
         uncompressed_values=sum(math.prod(e.shape) for e in plain),
         uncompressed_bytes=sum(e.nbytes for e in plain),
         fp32_uncompressed_bytes=sum(4 * math.prod(e.shape) if e.dtype.is_floating_point else e.nbytes for e in plain),

@@ -11,14 +11,14 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from fewbits._util.fs import atomic_write
 from fewbits.errors import FewbitsTypeError, FewbitsValueError, bad_param
 from fewbits.models.cnn1d import CNN1d
 from fewbits.models.hf import MINILM_ALIASES, load_hf, minilm_path, quiet_transformers, tiny_bert
@@ -28,12 +28,14 @@ if TYPE_CHECKING:
     from fewbits.data.base import Task
 
 __all__ = ["BUILTIN_MODELS", "CNN1d", "ResNet18", "build_model", "forward_batch", "load_model", "logits_of",
-           "model_names", "save_model"]
+           "model_names", "rebuild", "save_model"]
 
 # Built-in models by name; their constructor keyword arguments are what config.json stores as "args".
 BUILTIN_MODELS: dict[str, type[nn.Module]] = {"resnet18": ResNet18, "cnn1d": CNN1d}
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+# an artifact's manifest, and the folders of a run that hold one (fewbits quantize: artifact, fewbits qat: model)
+ARTIFACT_MANIFEST, RUN_FOLDERS = "fewbits.json", ("artifact", "model")
 
 
 def model_names() -> list[str]:
@@ -71,18 +73,6 @@ def forward_batch(model: nn.Module, batch: Mapping[str, Any]) -> Any:
     return model(**{k: v for k, v in batch.items() if k != "labels"})
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``, so a reader never sees a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_model(model: nn.Module, directory: str | os.PathLike, tokenizer: Any = None) -> Path:
     """Save ``model`` (and its tokenizer) into ``directory`` so that ``load_model(directory)`` rebuilds it.
 
@@ -99,8 +89,8 @@ def save_model(model: nn.Module, directory: str | os.PathLike, tokenizer: Any = 
             model.save_pretrained(out)
     elif hasattr(model, "fewbits_spec"):
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        _atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-        _atomic_write(out / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(model.fewbits_spec, indent=2)))
+        atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        atomic_write(out / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(model.fewbits_spec, indent=2)))
     else:
         raise FewbitsTypeError(
             f"The 'model' parameter of save_model must be a Hugging Face model or a built-in model made by "
@@ -137,8 +127,8 @@ def load_model(name_or_dir: str | os.PathLike = "minilm", task: Task | None = No
 
     Names: ``minilm`` (all-MiniLM-L6-v2, offline), ``tiny-bert`` (2-layer BERT, hidden 32, for tests),
     ``resnet18``, ``cnn1d``. A directory written by ``save_model`` (or any Hugging Face model directory) is
-    read back, and so is a fewbits artifact (``fewbits.save``, a QAT export: compressed layers kept as they
-    are); any other string is tried as a Hugging Face hub id. The classification head gets
+    read back (a fewbits artifact is refused: ``fewbits.loading.load_any`` reads both); any other string is
+    tried as a Hugging Face hub id. The classification head gets
     ``num_labels`` (default: the task's; 1 means regression). ``new_head=False`` refuses a model whose head
     is missing or of another size, or freshly initialized (for evaluation); ``kw`` go to the built-in constructor.
 
@@ -177,14 +167,9 @@ def _load(name: str, path: Path, num_labels: int | None, label_names: list[str] 
         if not path.is_dir():
             raise FewbitsValueError(f"Model {name!r} is a file, not a model directory; give the directory that "
                                     f"holds config.json (written by fewbits finetune or save_model).")
-        from fewbits.io.format import MANIFEST_FILE
-
-        # a fewbits artifact, or the run folder of fewbits quantize (OUT/artifact) or fewbits qat (OUT/model)
-        inner = [] if (path / CONFIG_FILE).is_file() else [path / "artifact", path / "model"]
-        for folder in (path, *inner):
-            if (folder / MANIFEST_FILE).is_file():
-                _no_kwargs(kw, name)
-                return _load_artifact(folder, num_labels)
+        if (path / ARTIFACT_MANIFEST).is_file() or any((path / d / ARTIFACT_MANIFEST).is_file() for d in RUN_FOLDERS):
+            raise FewbitsValueError(f"{name!r} is a fewbits artifact (or the run folder of one), not a plain model; "
+                                    "load it with fewbits.load or fewbits.loading.load_any.")
         config = path / CONFIG_FILE
         if not config.is_file():
             raise FewbitsValueError(f"Directory {name!r} holds no model (no {CONFIG_FILE}); give a directory written "
@@ -205,28 +190,32 @@ def _load(name: str, path: Path, num_labels: int | None, label_names: list[str] 
     return load_hf(name, num_labels=num_labels, label_names=label_names, local=False, new_head=new_head)
 
 
-def _load_artifact(path: Path, num_labels: int | None) -> tuple[nn.Module, Any]:
-    """A compressed (``fewbits.save``) or QAT (``export_qat``) artifact in eval mode, with its tokenizer if saved."""
-    from fewbits.io import load, load_tokenizer
-    from fewbits.io.format import read_manifest
-    from fewbits.io.mask_codec import is_mask_artifact
-    from fewbits.qat import QAT_FILE, load_qat
-
-    if is_mask_artifact(path):
-        raise FewbitsValueError(f"{path} is a task mask, which needs the base it was trained on: give the base as "
-                                f"the model and this folder as the mask (fewbits eval --model BASE --mask {path}, "
-                                "or fewbits.sparsify.load_mask(BASE, MASK_DIR) in Python).")
-    model = load_qat(path) if (path / QAT_FILE).is_file() else load(path)
-    tokenizer = load_tokenizer(path) if read_manifest(path)["tokenizer_files"] else None
-    classes = model.config.num_labels if hasattr(model, "config") else getattr(getattr(model, "fc", None),
-                                                                                 "out_features", None)
-    if num_labels is not None and classes is not None and classes != num_labels:
-        raise FewbitsValueError(f"The model in {path} has {classes} outputs but the task has {num_labels}; give a "
-                                "model trained on this task.")
-    return model, tokenizer
-
-
 def _no_kwargs(kw: dict[str, Any], name: str) -> None:
     if kw:
         raise bad_param("kw", f"empty for {name!r} (only tiny-bert and built-in models take arguments)",
                         sorted(kw), "load_model")
+
+
+def rebuild(recipe: Mapping[str, Any], config: Callable[[], dict[str, Any]]) -> nn.Module:
+    """A freshly initialized model from an artifact's base recipe (the global RNG is left untouched).
+
+    ``recipe``: ``{"kind": "builtin", "name", "args"}`` or ``{"kind": "transformers", "class"}`` whose
+    config dict ``config()`` returns. Raises FewbitsValueError naming what cannot be built.
+    """
+    with torch.random.fork_rng(devices=[]):
+        if recipe["kind"] == "builtin":
+            if recipe["name"] not in BUILTIN_MODELS:
+                raise FewbitsValueError(f"unknown built-in model {recipe['name']!r} (known: {sorted(BUILTIN_MODELS)}); "
+                                        "upgrade fewbits.")
+            try:
+                return build_model(recipe["name"], **recipe["args"])
+            except (FewbitsValueError, TypeError) as exc:
+                raise FewbitsValueError(f"cannot build {recipe['name']!r} with {recipe['args']}: {exc}") from exc
+        import transformers  # deferred: only Hugging Face bases need it
+
+        cls = getattr(transformers, recipe["class"], None)
+        if not isinstance(cls, type) or not issubclass(cls, transformers.PreTrainedModel):
+            raise FewbitsValueError(f"{recipe['class']!r} is not a transformers model class of transformers "
+                                    f"{transformers.__version__}.")
+        with quiet_transformers():
+            return cls(cls.config_class.from_dict(config()))

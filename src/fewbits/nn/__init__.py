@@ -1,14 +1,12 @@
-"""Weight re-parametrizations for whole models: codebook quantization, target selection, optimizer groups.
+"""Weight re-parametrizations (Codebook, STE, Mask, activation fake quantization) and target selection.
 
-``compress(model, scheme, bits)`` puts a :class:`Codebook` on every target weight (in place);
-``decompress(model)`` bakes the rebuilt weights back into plain parameters; ``param_groups`` gives
-the codebooks their own learning rate for centroid fine-tuning.
+The methods that put them on whole models live in :mod:`fewbits.methods` (``compress`` is
+:func:`fewbits.methods.codebook.compress`).
 """
 
 from __future__ import annotations
 
 from fewbits.nn.codebook import Codebook
-from fewbits.nn.compress import LayerReport, codebook_modules, compress, decompress, param_groups
 from fewbits.nn.targets import (
     candidate_names,
     default_targets,
@@ -22,16 +20,11 @@ from fewbits.nn.targets import (
 
 __all__ = [
     "Codebook",
-    "LayerReport",
     "candidate_names",
-    "codebook_modules",
-    "compress",
-    "decompress",
     "default_targets",
     "find_parametrizations",
     "head_names",
     "matching_names",
-    "param_groups",
     "register_weight_parametrization",
     "remove_weight_parametrizations",
     "select_targets",

@@ -1,4 +1,4 @@
-"""P2's second-phase regularizers: MSQE, Fisher (decoupled) and knowledge distillation.
+"""What QAT adds to training: the second phase's regularizers MSQE, Fisher (decoupled) and distillation.
 
 All three pull a quantization-aware model towards a point its quantizer represents well:
 
@@ -35,8 +35,30 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewbits.errors import FewbitsTypeError, FewbitsValueError, bad_param
+from fewbits.methods.qat.config import RegularizerConfig
 from fewbits.models import forward_batch, logits_of
 from fewbits.nn.ste import latent_weight, ste_modules
+
+
+def regularizer_terms(config: RegularizerConfig, *, fisher: Mapping[str, torch.Tensor] | None = None,
+                      teacher: nn.Module | None = None, regression: bool = False) -> tuple[list[Any], list[Any]]:
+    """The loss terms and after-step hooks of ``config.method`` for the training loop: ``(loss_terms, after_step)``.
+
+    ``fisher`` (the diagonal, by layer) is needed for ``fisher``; ``teacher`` (frozen full precision) for ``kd``.
+    """
+    if config.method == "msqe":
+        return [MSQE(config.lam)], []
+    if config.method == "fisher":
+        if fisher is None:
+            raise bad_param("fisher", "the STE phase's Fisher estimate (from load_ste_checkpoint)", None,
+                            "run_second_phase(method='fisher')")
+        return [], [FisherPenalty(fisher, config.lam, normalize=config.fisher_normalize)]
+    if config.method == "kd":
+        if teacher is None:
+            raise bad_param("teacher", "the frozen full-precision model", None, "run_second_phase(method='kd')")
+        return [Distillation(teacher, forward_batch, lam=config.lam, temperature=config.temperature,
+                             t2_scaling=config.t2_scaling, regression=regression)], []
+    return [], []
 
 
 __all__ = [
@@ -45,7 +67,8 @@ __all__ = [
     "FisherPenalty",
     "adam_fisher",
     "kd_loss",
-    "quantization_error",
+    "ste_squared_error",
+    "regularizer_terms",
     "true_fisher",
 ]
 
@@ -59,7 +82,7 @@ def _check_lam(lam: object, owner: str) -> float:
 # --------------------------------------------------------------------------------------------- MSQE
 
 
-def quantization_error(model: nn.Module, weights: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+def ste_squared_error(model: nn.Module, weights: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
     """``sum_i weights_i * (w_i - Q(w_i))**2`` over every STE-quantized weight (``weights=None``: all ones).
 
     Differentiable in the latent weights with ``Q(w)`` held constant. ``weights`` maps module names
@@ -88,7 +111,7 @@ class MSQE:
 
     def __call__(self, model: nn.Module, batch: Any, outputs: Any) -> torch.Tensor:
         """The penalty for the model's current latent weights (``batch`` and ``outputs`` unused)."""
-        return 0.5 * self.lam * quantization_error(model)
+        return 0.5 * self.lam * ste_squared_error(model)
 
 
 # ------------------------------------------------------------------------------------------- Fisher
@@ -215,7 +238,7 @@ class FisherPenalty:
     def penalty(self, model: nn.Module) -> torch.Tensor:
         """The penalty's value ``(lam / 2) * sum F (w - Q(w))**2`` (for logging; no gradient is used)."""
         with torch.no_grad():
-            return 0.5 * self.lam * quantization_error(model, self.fisher)
+            return 0.5 * self.lam * ste_squared_error(model, self.fisher)
 
     @torch.no_grad()
     def __call__(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:

@@ -1,4 +1,4 @@
-"""Compress a model in place (codebook parametrizations), undo it, and build optimizer groups.
+"""The codebook method's transform: compress a model in place (codebook parametrizations), undo it, optimizer groups.
 
 ``compress`` validates everything and quantizes every target before it changes the model, so an
 error never leaves a model half converted.
@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from fewbits.errors import FewbitsTypeError, FewbitsValueError, TargetsNotFoundError, bad_param
+from fewbits.methods.codebook.config import CodebookConfig
 from fewbits.nn.codebook import Codebook
 from fewbits.nn.targets import (Patterns, find_parametrizations, matching_names, register_weight_parametrization,
                                 remove_weight_parametrizations, select_targets)
@@ -105,6 +106,37 @@ def _weight_groups(model: nn.Module, selected: list[str], excluded: set[str]) ->
     return groups
 
 
+def _importance(sample_weights: Mapping[str, torch.Tensor] | None,
+                weight_groups: list[list[str]]) -> dict[str, torch.Tensor]:
+    """``sample_weights`` keyed by the first module of each weight group; names must be compressed layers."""
+    sample_weights = dict(sample_weights or {})
+    if not all(isinstance(k, str) for k in sample_weights):
+        raise bad_param("sample_weights", "a mapping from module names to tensors", list(sample_weights), "compress")
+    aliases = {n: group[0] for group in weight_groups for n in group}
+    unknown = sorted(set(sample_weights) - set(aliases))
+    if unknown:
+        raise TargetsNotFoundError(f"The 'sample_weights' of compress name layers that are not compressed: "
+                                   f"{unknown}. Compressed layers: {sorted(aliases)}.")
+    return {aliases[k]: v for k, v in sample_weights.items()}
+
+
+def _scheme_kwargs(name: str, quantizer: Quantizer, scheme_kw: dict, importance: dict, seed: int | None) -> dict:
+    """The keywords the scheme accepts (an unknown one is an error), plus ``seed`` where it draws random numbers."""
+    accepted = _keywords(quantizer)
+    kw = dict(scheme_kw)
+    if accepted is not None:
+        unknown = sorted(set(kw) - accepted)
+        if unknown:
+            raise bad_param("scheme_kw", f"keywords of the {name!r} scheme among {sorted(accepted - {'weight', 'bits'})}",
+                            unknown, "compress")
+        if importance and "sample_weight" not in accepted:
+            raise bad_param("sample_weights", f"None: the {name!r} scheme does not weight weights by importance "
+                            "(kmeans and optimal do)", sorted(importance), "compress")
+    if seed is not None and (accepted is None or "seed" in accepted):
+        kw["seed"] = seed  # only schemes that draw random numbers take a seed
+    return kw
+
+
 def compress(
     model: nn.Module,
     scheme: str | Quantizer = "kmeans",
@@ -148,15 +180,7 @@ def compress(
     excluded = matching_names(model, exclude, "exclude", "compress") if exclude is not None else set()
     weight_groups = _weight_groups(model, selected, excluded)
 
-    sample_weights = dict(sample_weights or {})
-    if not all(isinstance(k, str) for k in sample_weights):
-        raise bad_param("sample_weights", "a mapping from module names to tensors", list(sample_weights), "compress")
-    aliases = {n: group[0] for group in weight_groups for n in group}
-    unknown = sorted(set(sample_weights) - set(aliases))
-    if unknown:
-        raise TargetsNotFoundError(f"The 'sample_weights' of compress name layers that are not compressed: "
-                                   f"{unknown}. Compressed layers: {sorted(aliases)}.")
-    importance = {aliases[k]: v for k, v in sample_weights.items()}
+    importance = _importance(sample_weights, weight_groups)
 
     plans = []
     for group in weight_groups:
@@ -168,18 +192,7 @@ def compress(
         sw = check_sample_weight(importance.get(group[0]), weight, owner)
         plans.append((group, weight, gs, sw))
 
-    accepted = _keywords(quantizer)
-    kw = dict(scheme_kw)
-    if accepted is not None:
-        unknown = sorted(set(kw) - accepted)
-        if unknown:
-            raise bad_param("scheme_kw", f"keywords of the {name!r} scheme among {sorted(accepted - {'weight', 'bits'})}",
-                            unknown, "compress")
-        if importance and "sample_weight" not in accepted:
-            raise bad_param("sample_weights", f"None: the {name!r} scheme does not weight weights by importance "
-                            "(kmeans and optimal do)", sorted(importance), "compress")
-    if seed is not None and (accepted is None or "seed" in accepted):
-        kw["seed"] = seed  # only schemes that draw random numbers take a seed
+    kw = _scheme_kwargs(name, quantizer, scheme_kw, importance, seed)
     quantized: list[QuantizedTensor] = []
     from tqdm.auto import tqdm
 
@@ -272,3 +285,9 @@ def param_groups(model: nn.Module, lr: float, quantized_lr_scale: float = 10.0,
         raise FewbitsValueError("param_groups: the model has no trainable parameter (every parameter has "
                                 "requires_grad=False); unfreeze something to train.")
     return groups
+
+
+def apply(model: nn.Module, config: CodebookConfig) -> list[LayerReport]:
+    """Compress ``model`` in place as ``config`` says (the registry's entry); returns one report per weight."""
+    return compress(model, config.scheme, config.bits, groups=config.groups, group_size=config.group_size,
+                    targets=config.targets, exclude=config.exclude, seed=config.seed, **config.options)

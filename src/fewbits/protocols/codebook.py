@@ -6,7 +6,7 @@ The protocol of Zhao et al. (linear vs k-means quantization of BERT), shared by 
     task = load_task("vader")
     fp32 = finetune_fp32("minilm", task, TrainConfig(epochs=2, max_length=16), "out/fp32")
     model = copy.deepcopy(fp32.model)  # quantize a copy, keep the FP32 model
-    result = quantize_finetune(model, task, P1Config("kmeans", bits=2, max_length=16),
+    result = quantize_finetune(model, task, QuantizeFinetuneConfig("kmeans", bits=2, max_length=16),
                                tokenizer=fp32.tokenizer, artifact_dir="out/kmeans-2bit")
     print(result.before, result.after, result.artifact["ratio"])
 
@@ -37,7 +37,7 @@ from fewbits.quantize.base import MAX_BITS, check_bits
 
 if TYPE_CHECKING:
     from fewbits.data.base import Task
-    from fewbits.nn.compress import LayerReport
+    from fewbits.methods.codebook import LayerReport
     from fewbits.train import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def config_key(config: Mapping[str, Any]) -> str:
 
 
 @dataclass
-class P1Config:
+class QuantizeFinetuneConfig:
     """How one model is quantized and its codebooks fine-tuned. Defaults follow P1 (BERT-base, GLUE)."""
 
     scheme: str = "kmeans"  # linear | kmeans | optimal | uniform (fewbits.quantize.SCHEMES)
@@ -89,19 +89,19 @@ class P1Config:
         from fewbits.quantize import SCHEMES
 
         if self.scheme not in SCHEMES:
-            raise bad_param("scheme", f"one of {sorted(SCHEMES)}", self.scheme, "P1Config")
-        check_bits(self.bits, "P1Config", MAX_BITS)
+            raise bad_param("scheme", f"one of {sorted(SCHEMES)}", self.scheme, "QuantizeFinetuneConfig")
+        check_bits(self.bits, "QuantizeFinetuneConfig", MAX_BITS)
         if self.groups is not None and (isinstance(self.groups, bool) or not isinstance(self.groups, int)
                                         or self.groups < 1):
-            raise bad_param("groups", "None or an int >= 1", self.groups, "P1Config")
+            raise bad_param("groups", "None or an int >= 1", self.groups, "QuantizeFinetuneConfig")
         if self.max_iter is not None and (isinstance(self.max_iter, bool) or not isinstance(self.max_iter, int)
                                           or self.max_iter < 0):
-            raise bad_param("max_iter", "None or an int >= 0", self.max_iter, "P1Config")
+            raise bad_param("max_iter", "None or an int >= 0", self.max_iter, "QuantizeFinetuneConfig")
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
-            raise bad_param("epochs", "an int >= 0 (0: no centroid fine-tuning)", self.epochs, "P1Config")
+            raise bad_param("epochs", "an int >= 0 (0: no centroid fine-tuning)", self.epochs, "QuantizeFinetuneConfig")
         if not (isinstance(self.quantized_lr_scale, (int, float)) and math.isfinite(self.quantized_lr_scale)
                 and self.quantized_lr_scale > 0):
-            raise bad_param("quantized_lr_scale", "a finite number > 0", self.quantized_lr_scale, "P1Config")
+            raise bad_param("quantized_lr_scale", "a finite number > 0", self.quantized_lr_scale, "QuantizeFinetuneConfig")
         self.train_config()  # TrainConfig validates the remaining training fields
 
     def train_config(self, progress: bool = False) -> TrainConfig:
@@ -121,7 +121,7 @@ class P1Config:
 
 
 @dataclass
-class P1Result:
+class QuantizeFinetuneResult:
     """One quantized model: scores before and after centroid fine-tuning, quantization error, artifact sizes.
 
     ``before``/``after``: the task's metrics on its evaluation split (``main_metric`` names the headline one).
@@ -152,7 +152,7 @@ class P1Result:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, record: Mapping[str, Any]) -> P1Result:
+    def from_dict(cls, record: Mapping[str, Any]) -> QuantizeFinetuneResult:
         return cls(**{f.name: record[f.name] for f in dataclasses.fields(cls)})
 
 
@@ -192,27 +192,27 @@ def eval_sorted(task: Task, tokenizer: Any, max_length: int = 128) -> Task:
     return dataclasses.replace(task, splits=splits)
 
 
-def _evaluate(model: nn.Module, task: Task, tokenizer: Any, config: P1Config) -> dict[str, float]:
+def _evaluate(model: nn.Module, task: Task, tokenizer: Any, config: QuantizeFinetuneConfig) -> dict[str, float]:
     from fewbits.train import evaluate
 
     return evaluate(model, task, tokenizer=tokenizer, batch_size=config.eval_batch_size, max_length=config.max_length)
 
 
-def quantize_finetune(model: nn.Module, task: Task, config: P1Config, *, tokenizer: Any = None,
-                      artifact_dir: str | Path | None = None, progress: bool = False) -> P1Result:
+def quantize_finetune(model: nn.Module, task: Task, config: QuantizeFinetuneConfig, *, tokenizer: Any = None,
+                      artifact_dir: str | Path | None = None, progress: bool = False) -> QuantizeFinetuneResult:
     """Run P1 on a fine-tuned FP32 ``model`` IN PLACE: quantize, evaluate, fine-tune the codebooks, evaluate, save.
 
     Every embedding and fully connected weight except the task head is quantized (``fewbits.compress``'s
     default targets). With ``config.epochs == 0`` nothing is trained (``after`` equals ``before``). The
     artifact (``fewbits.save``, with ``tokenizer``) goes to ``artifact_dir`` when given.
-    Example: ``quantize_finetune(model, task, P1Config("linear", 2), tokenizer=tok, artifact_dir="out/lin2")``.
+    Example: ``quantize_finetune(model, task, QuantizeFinetuneConfig("linear", 2), tokenizer=tok, artifact_dir="out/lin2")``.
     """
     import fewbits
-    from fewbits.nn import param_groups
+    from fewbits.methods.codebook import param_groups
     from fewbits.train import train
 
-    if not isinstance(config, P1Config):
-        raise bad_param("config", "a P1Config", type(config).__name__, "quantize_finetune")
+    if not isinstance(config, QuantizeFinetuneConfig):
+        raise bad_param("config", "a QuantizeFinetuneConfig", type(config).__name__, "quantize_finetune")
     task = eval_sorted(task, tokenizer, config.max_length)
     seconds: dict[str, float] = {}
     tick = time.perf_counter()
@@ -239,7 +239,7 @@ def quantize_finetune(model: nn.Module, task: Task, config: P1Config, *, tokeniz
         fewbits.save(model, artifact_dir, tokenizer=tokenizer)
         artifact = artifact_sizes(artifact_dir)
         seconds["save"] = time.perf_counter() - tick
-    return P1Result(config=config.to_dict(), main_metric=task.main_metric, before=before, after=after, steps=steps,
+    return QuantizeFinetuneResult(config=config.to_dict(), main_metric=task.main_metric, before=before, after=after, steps=steps,
                     layers=len(reports), compressed_weights=sum(math.prod(r.shape) for r in reports),
                     relative_error=relative, artifact=artifact, seconds=seconds)
 
@@ -323,7 +323,7 @@ def load_fp32(model_dir: str | Path, task: Task) -> tuple[nn.Module, Any]:
     return model.eval(), tokenizer
 
 
-def plot_scores(results: Sequence[P1Result], path: str | Path, *, fp32_score: float | None = None,
+def plot_scores(results: Sequence[QuantizeFinetuneResult], path: str | Path, *, fp32_score: float | None = None,
                 prior_score: float | None = None, title: str = "") -> Path:
     """Score vs bits, one colour per scheme: solid after centroid fine-tuning, dashed before; PNG at ``path``."""
     from matplotlib.figure import Figure

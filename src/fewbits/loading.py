@@ -1,0 +1,196 @@
+"""One way in for every saved model: ``fewbits.load`` and the loader of every command dispatch the same way.
+
+:func:`load` reads an artifact through the container (``fewbits.io``), which asks the method named in
+its manifest to rebuild the model; the base model arrives from here by a callback, built from the
+model zoo (``fewbits.models``) or, for a task mask, loaded from the base it was trained on (found by
+the checksum of its weights). :func:`load_any` is what the commands call with a ``--model``: an
+artifact (or the run folder of one) goes through :func:`load`, anything else to
+:func:`fewbits.models.load_model`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from fewbits._util.fs import sha256_hex
+from fewbits.errors import ArtifactError, FewbitsValueError, bad_param
+from fewbits.io import container
+from fewbits.io.container import Artifact, read_artifact
+from fewbits.io.format import MANIFEST_FILE
+from fewbits.models import load_model, rebuild
+from fewbits.models.hf import MINILM_ALIASES, minilm_path
+
+if TYPE_CHECKING:
+    from fewbits.data.base import Task
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+RUN_FOLDERS = ("artifact", "model")  # where fewbits quantize and fewbits qat put the artifact of a run
+
+
+def resolve_base(base: str | os.PathLike) -> Path:
+    """The directory of a base: itself, or the offline MiniLM's for ``minilm``."""
+    path = Path(base).expanduser()
+    if not path.exists() and str(base).lower() in MINILM_ALIASES:
+        return minilm_path()
+    if not path.is_dir():
+        raise bad_param("base", "a base directory (fewbits.save artifact or model directory) or 'minilm'",
+                        str(base), "fewbits mask")
+    return path
+
+
+def is_artifact(directory: str | os.PathLike) -> bool:
+    """True when ``directory`` holds a fewbits manifest."""
+    return (Path(directory).expanduser() / MANIFEST_FILE).is_file()
+
+
+def base_checksum(base: str | os.PathLike) -> str:
+    """sha256 identifying a base's weights: a fewbits artifact's checksum of its tensors file, else the sha256
+    over the directory's weight files (``*.safetensors``, ``*.bin``, names and bytes, in name order)."""
+    directory = resolve_base(base)
+    if is_artifact(directory):
+        artifact = read_artifact(directory)
+        if artifact.base["kind"] == "artifact":
+            raise ArtifactError(f"{directory}: a task mask cannot be the base of another mask; give its base.")
+        return sha256_hex(artifact.files[artifact.tensors_file])
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    if not files:
+        raise ArtifactError(f"{directory}: no weight files ({', '.join(WEIGHT_SUFFIXES)}) and no fewbits.json; "
+                            "give a fewbits.save artifact or a model directory.")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _build(artifact: Artifact) -> nn.Module:
+    """The fresh base model an artifact's recipe describes."""
+    kind = artifact.base["kind"]
+    where = artifact.directory / MANIFEST_FILE
+    if kind == "module":
+        raise ArtifactError(f"{where}: the base model is a plain {artifact.base['class']} that fewbits cannot "
+                            f"rebuild; pass one: fewbits.load(directory, model={artifact.base['class']}(...)).")
+    try:
+        return rebuild(artifact.base, artifact.config)
+    except FewbitsValueError as exc:
+        raise ArtifactError(f"{where}: {exc}") from exc
+    except ArtifactError:
+        raise
+    except Exception as exc:  # transformers raises many kinds for a bad config
+        raise ArtifactError(f"{artifact.directory / 'config.json'}: cannot rebuild {artifact.base['class']} from it "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}).") from exc
+
+
+def load_base(base: str | os.PathLike, num_labels: int) -> tuple[nn.Module, Any]:
+    """A base for mask training or loading: an artifact (FP32 or quantized) or a model directory or ``minilm``."""
+    directory = resolve_base(base)
+    if is_artifact(directory):
+        return load_with_tokenizer(directory)
+    return load_model(directory, num_labels=num_labels, new_head=True)
+
+
+def _mask_base(artifact: Artifact, base: str | os.PathLike | None) -> tuple[nn.Module, Any]:
+    """The base a mask was trained on: ``base``, checked against the checksum the mask recorded."""
+    expected = artifact.base["sha256"]
+    source = artifact.base.get("source") or "unknown"
+    if base is None:
+        raise ArtifactError(f"{artifact.directory} is a task mask, which needs the base it was trained on "
+                            f"(recorded: {source}): fewbits.load(MASK_DIR, base=BASE), or "
+                            f"fewbits eval --model BASE --mask {artifact.directory}.")
+    actual = base_checksum(base)
+    if expected != actual:
+        raise ArtifactError(f"{artifact.directory}: this mask was trained on another base (sha256 {expected[:12]}..., "
+                            f"loaded from {source}), not on {base} (sha256 {actual[:12]}...); give the base it was "
+                            "trained on.")
+    task = artifact.data.get("info", {}).get("task", {})
+    return load_base(base, task.get("num_labels") if isinstance(task, dict) else 1)
+
+
+def load_with_tokenizer(directory: str | os.PathLike, *, model: nn.Module | None = None,
+                        base: str | os.PathLike | None = None) -> tuple[nn.Module, Any]:
+    """:func:`load`, and the tokenizer saved with the artifact (or with its base), else None."""
+    artifact = read_artifact(directory)
+    tokenizer = None
+    if artifact.base["kind"] == "artifact" and model is None:
+        model, tokenizer = _mask_base(artifact, base)
+    elif artifact.tokenizer_files:
+        tokenizer = load_tokenizer(artifact.directory)
+    return container.load(artifact, model=model, build_base=_build), tokenizer
+
+
+def load(directory: str | os.PathLike, *, model: nn.Module | None = None,
+         base: str | os.PathLike | None = None) -> nn.Module:
+    """Rebuild a saved model (any method: codebook, QAT export, task mask), in eval mode; outputs are bit-identical.
+
+    The base model is rebuilt from the artifact (Hugging Face config or built-in name); for a plain
+    ``nn.Module`` pass a fresh instance of its class as ``model``. A task mask needs ``base``, the
+    base it was trained on (checked by checksum). Raises ArtifactError (naming the file) for a missing,
+    truncated or altered file, a newer format version, or an artifact that does not fit the base model.
+    Example: ``model = fewbits.load("out/minilm-4bit")``.
+    """
+    return load_with_tokenizer(directory, model=model, base=base)[0]
+
+
+def load_tokenizer(directory: str | os.PathLike) -> Any:
+    """The tokenizer saved with the artifact (``fewbits.save(..., tokenizer=...)``)."""
+    artifact = read_artifact(directory)
+    if not artifact.tokenizer_files:
+        raise ArtifactError(f"{artifact.directory / MANIFEST_FILE}: the artifact was saved without a tokenizer; "
+                            "pass tokenizer= to fewbits.save.")
+    from transformers import AutoTokenizer  # deferred: only text models need it
+
+    try:
+        return AutoTokenizer.from_pretrained(artifact.directory, local_files_only=True)
+    except Exception as exc:  # transformers raises many kinds for damaged tokenizer files
+        raise ArtifactError(f"{artifact.directory}: cannot load the tokenizer ({type(exc).__name__}: {exc}).") from exc
+
+
+def artifact_folder(path: Path) -> Path | None:
+    """The artifact in ``path``: itself, or the artifact of a run folder (OUT/artifact, OUT/model); else None."""
+    if is_artifact(path):
+        return path
+    if (path / "config.json").is_file():
+        return None
+    return next((path / d for d in RUN_FOLDERS if is_artifact(path / d)), None)
+
+
+def load_any(name_or_dir: str | os.PathLike, task: Task | None = None, *, num_labels: int | None = None,
+             new_head: bool = True, **kw: Any) -> tuple[nn.Module, Any]:
+    """What every command loads a ``--model`` with: an artifact through :func:`load`, else ``models.load_model``.
+
+    A task mask is refused here (it needs its base: ``--model BASE --mask DIR``).
+    """
+    path = Path(name_or_dir).expanduser()
+    folder = artifact_folder(path) if path.is_dir() else None
+    if folder is None:
+        return load_model(name_or_dir, task, num_labels=num_labels, new_head=new_head, **kw)
+    if kw:
+        raise bad_param("kw", f"empty for {str(name_or_dir)!r} (only tiny-bert and built-in models take arguments)",
+                        sorted(kw), "load_model")
+    artifact = read_artifact(folder)
+    if artifact.base["kind"] == "artifact":
+        raise FewbitsValueError(f"{folder} is a task mask, which needs the base it was trained on: give the base as "
+                                f"the model and this folder as the mask (fewbits eval --model BASE --mask {folder}, "
+                                "or fewbits.load(MASK_DIR, base=BASE) in Python).")
+    model, tokenizer = load_with_tokenizer(folder)
+    if task is not None and (task.kind == "text") != (tokenizer is not None):
+        raise FewbitsValueError(f"Model {str(name_or_dir)!r} does not fit task {task.name!r}, whose inputs are "
+                                f"{task.kind}s; give a model trained on this task.")
+    num_labels = task.num_labels if num_labels is None and task is not None else num_labels
+    classes = model.config.num_labels if hasattr(model, "config") else getattr(getattr(model, "fc", None),
+                                                                                 "out_features", None)
+    if num_labels is not None and classes is not None and classes != num_labels:
+        raise FewbitsValueError(f"The model in {folder} has {classes} outputs but the task has {num_labels}; give a "
+                                "model trained on this task.")
+    return model, tokenizer
+
+
+__all__ = ["base_checksum", "is_artifact", "load", "load_any", "load_base",
+           "load_tokenizer", "load_with_tokenizer", "resolve_base"]

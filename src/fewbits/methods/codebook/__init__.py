@@ -1,0 +1,19 @@
+"""Codebook quantization: codes + a trainable codebook per group on every target weight.
+
+``compress(model, scheme, bits)`` (or ``fewbits.methods.apply(model, CodebookConfig(...))``) puts a
+:class:`~fewbits.nn.Codebook` on every target weight, in place; ``decompress(model)`` bakes the
+rebuilt weights back into plain parameters; ``param_groups`` gives the codebooks their own learning
+rate for centroid fine-tuning.
+"""
+
+from __future__ import annotations
+
+from fewbits.methods.base import Method
+from fewbits.methods.codebook import serialize
+from fewbits.methods.codebook.apply import LayerReport, apply, codebook_modules, compress, decompress, param_groups
+from fewbits.methods.codebook.config import CodebookConfig
+
+METHOD = Method("codebook", CodebookConfig, apply, serialize.write, serialize.check, serialize.read)
+
+__all__ = ["METHOD", "CodebookConfig", "LayerReport", "apply", "codebook_modules", "compress", "decompress",
+           "param_groups"]
