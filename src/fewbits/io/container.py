@@ -104,9 +104,13 @@ def _version() -> str:
     return __version__
 
 
-def save(model: nn.Module, directory: str | os.PathLike, *, method: str = "codebook", tokenizer: Any = None,
+def save(model: nn.Module, directory: str | os.PathLike, *, method: str | None = None, tokenizer: Any = None,
          **options: Any) -> Path:
     """Write ``model`` as an artifact directory of ``method`` (``options`` go to the method's writer); returns it.
+
+    ``method`` defaults to the method of ``options["config"]`` when one is given (a QATConfig: ``qat``),
+    else ``codebook`` (every Codebook stored packed, every other tensor as is; ``codebook_dtype``
+    ``"float16"`` halves codebook bytes at the cost of rounding them).
 
     An existing artifact at ``directory`` is replaced atomically; ``tokenizer`` (anything with
     ``save_pretrained``) is saved beside it and covered by the checksums.
@@ -119,6 +123,8 @@ def save(model: nn.Module, directory: str | os.PathLike, *, method: str = "codeb
                         type(tokenizer).__name__, "fewbits.save")
     target = Path(directory).expanduser()
     _check_target(target)
+    if method is None:
+        method = registry.method_of(options["config"]).name if "config" in options else "codebook"
     saved = registry.get(method).write(model, **options)
     data = st_save(saved.tensors, metadata={"format": FORMAT})
     base = saved.base if saved.model is None else _base_recipe(saved.model)
