@@ -95,7 +95,7 @@ def test_artifact_reloads_with_identical_outputs_and_honest_sizes(task, fp32, tm
     on_disk = sum((tmp_path / "art" / f).stat().st_size for f in ("fewbits.json", "fewbits.safetensors", "config.json"))
     assert art["bytes"] == on_disk and art["theory_bytes"] < art["bytes"]
     assert art["ratio"] == pytest.approx(art["fp32_bytes"] / art["bytes"]) and art["ratio"] > 1
-    assert evaluate(loaded, task, tokenizer=fewbits.io.load_tokenizer(tmp_path / "art"),
+    assert evaluate(loaded, task, tokenizer=fewbits.load_tokenizer(tmp_path / "art"),
                     max_length=MAX_LENGTH) == result.after
 
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from fewbits._util.fs import atomic_write
 from fewbits.errors import FewbitsTypeError, FewbitsValueError, bad_param
+from fewbits.nn.forward import forward_batch, logits_of
 from fewbits.models.cnn1d import CNN1d
 from fewbits.models.hf import MINILM_ALIASES, load_hf, minilm_path, quiet_transformers, tiny_bert
 from fewbits.models.resnet import ResNet18
@@ -59,18 +60,6 @@ def build_model(name: str, **args: Any) -> nn.Module:
     model = cls(**args)
     model.fewbits_spec = {"fewbits_model": name, "args": dict(args)}
     return model
-
-
-def logits_of(outputs: Any) -> torch.Tensor:
-    """The logits in a model's outputs: the tensor itself (built-ins) or ``outputs.logits`` (Hugging Face)."""
-    return outputs if isinstance(outputs, torch.Tensor) else outputs.logits
-
-
-def forward_batch(model: nn.Module, batch: Mapping[str, Any]) -> Any:
-    """Run ``model`` on a collated batch: ``model(batch["x"])`` for images and signals, else the tokenizer fields."""
-    if "x" in batch:
-        return model(batch["x"])
-    return model(**{k: v for k, v in batch.items() if k != "labels"})
 
 
 def save_model(model: nn.Module, directory: str | os.PathLike, tokenizer: Any = None) -> Path:

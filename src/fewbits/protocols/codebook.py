@@ -21,6 +21,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -31,14 +32,18 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from fewbits._util.fs import config_hash
+from fewbits._util.fs import config_hash, write_text_atomic
+from fewbits.io import describe, save
+from fewbits.methods.codebook import LayerReport, compress, param_groups
+from fewbits.models import load_model, save_model
+from fewbits.quantize import SCHEMES
+from fewbits.train import TrainConfig, evaluate, train
+from fewbits.train.checkpoint import checkpoint_root
 from fewbits.errors import bad_param
 from fewbits.quantize.base import MAX_BITS, check_bits
 
 if TYPE_CHECKING:
     from fewbits.data.base import Task
-    from fewbits.methods.codebook import LayerReport
-    from fewbits.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +56,6 @@ def choose_threads(requested: int = 0) -> int:
     On a shared machine one thread is several times faster than two that wait on each other
     (MiniLM-L6 training step on 2 busy cores: 0.95 s with one thread, 4.5 s with two).
     """
-    import os
-
     if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
         raise bad_param("threads", "an int >= 0 (0: choose from the load)", requested, "choose_threads")
     cores = os.cpu_count() or 1
@@ -86,7 +89,6 @@ class QuantizeFinetuneConfig:
     eval_batch_size: int = 256
 
     def __post_init__(self) -> None:
-        from fewbits.quantize import SCHEMES
 
         if self.scheme not in SCHEMES:
             raise bad_param("scheme", f"one of {sorted(SCHEMES)}", self.scheme, "QuantizeFinetuneConfig")
@@ -106,8 +108,6 @@ class QuantizeFinetuneConfig:
 
     def train_config(self, progress: bool = False) -> TrainConfig:
         """The TrainConfig of the centroid fine-tuning (nothing on disk)."""
-        from fewbits.train import TrainConfig
-
         return TrainConfig(epochs=max(1, self.epochs), batch_size=self.batch_size, eval_batch_size=self.eval_batch_size,
                            lr=self.lr, weight_decay=self.weight_decay, warmup_ratio=self.warmup_ratio,
                            seed=self.seed, max_length=self.max_length, max_steps=self.max_steps, progress=progress)
@@ -165,8 +165,6 @@ def quantization_error(reports: Sequence[LayerReport]) -> tuple[float, float]:
 
 def artifact_sizes(directory: str | Path) -> dict[str, Any]:
     """What an artifact truly costs: bytes on disk (headers included), theory, FP32, bits per weight, ratio."""
-    from fewbits.io.summary import describe
-
     s = describe(directory)
     return {"path": str(directory), "bytes": s.total_bytes, "theory_bytes": s.theory_bytes, "fp32_bytes": s.fp32_bytes,
             "bits_per_weight": s.bits_per_weight, "ratio": s.ratio}
@@ -193,8 +191,6 @@ def eval_sorted(task: Task, tokenizer: Any, max_length: int = 128) -> Task:
 
 
 def _evaluate(model: nn.Module, task: Task, tokenizer: Any, config: QuantizeFinetuneConfig) -> dict[str, float]:
-    from fewbits.train import evaluate
-
     return evaluate(model, task, tokenizer=tokenizer, batch_size=config.eval_batch_size, max_length=config.max_length)
 
 
@@ -207,16 +203,12 @@ def quantize_finetune(model: nn.Module, task: Task, config: QuantizeFinetuneConf
     artifact (``fewbits.save``, with ``tokenizer``) goes to ``artifact_dir`` when given.
     Example: ``quantize_finetune(model, task, QuantizeFinetuneConfig("linear", 2), tokenizer=tok, artifact_dir="out/lin2")``.
     """
-    import fewbits
-    from fewbits.methods.codebook import param_groups
-    from fewbits.train import train
-
     if not isinstance(config, QuantizeFinetuneConfig):
         raise bad_param("config", "a QuantizeFinetuneConfig", type(config).__name__, "quantize_finetune")
     task = eval_sorted(task, tokenizer, config.max_length)
     seconds: dict[str, float] = {}
     tick = time.perf_counter()
-    reports = fewbits.compress(model, config.scheme, config.bits, groups=config.groups, seed=config.seed,
+    reports = compress(model, config.scheme, config.bits, groups=config.groups, seed=config.seed,
                                progress=progress, **config.scheme_kw())
     _, relative = quantization_error(reports)
     seconds["quantize"] = time.perf_counter() - tick
@@ -236,7 +228,7 @@ def quantize_finetune(model: nn.Module, task: Task, config: QuantizeFinetuneConf
     artifact = None
     if artifact_dir is not None:
         tick = time.perf_counter()
-        fewbits.save(model, artifact_dir, tokenizer=tokenizer)
+        save(model, artifact_dir, tokenizer=tokenizer)
         artifact = artifact_sizes(artifact_dir)
         seconds["save"] = time.perf_counter() - tick
     return QuantizeFinetuneResult(config=config.to_dict(), main_metric=task.main_metric, before=before, after=after, steps=steps,
@@ -271,10 +263,6 @@ def finetune_fp32(model_name: str, task: Task, config: TrainConfig, directory: s
     an interrupted run with the same settings, unless ``reuse`` is false) and replaces the old one.
     ``torch.manual_seed(config.seed)`` draws the new head.
     """
-    from fewbits.models import load_model, save_model
-    from fewbits.train import train
-    from fewbits._util.fs import write_text_atomic
-    from fewbits.train.checkpoint import checkpoint_root
 
     directory = Path(directory)
     settings = fp32_settings(model_name, task, config)
@@ -314,8 +302,6 @@ def _read_json(path: Path) -> Any:
 
 def load_fp32(model_dir: str | Path, task: Task) -> tuple[nn.Module, Any]:
     """A model already fine-tuned on ``task`` (a directory written by ``fewbits finetune``); refuses a bare base."""
-    from fewbits.models import load_model
-
     path = Path(model_dir)
     if not path.is_dir():
         raise bad_param("model", "a directory written by fewbits finetune", str(model_dir), "load_fp32")

@@ -25,7 +25,7 @@ from fewbits.io import save
 from fewbits.methods.qat import QATConfig, RegularizerConfig
 from fewbits.methods.qat import apply as apply_qat
 from fewbits.methods.qat.training import adam_fisher, regularizer_terms, true_fisher
-from fewbits.models import forward_batch
+from fewbits.nn.forward import forward_batch
 from fewbits.train.checkpoint import latest_checkpoint, load_trainer_state, load_weights
 from fewbits.train.loop import TrainConfig, TrainResult, build_param_groups, train
 

@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewbits.data.collate import make_collate
 from fewbits.errors import FewbitsValueError, bad_param
-from fewbits.models import forward_batch, logits_of
+from fewbits.nn.forward import forward_batch, logits_of
 from fewbits.train import checkpoint as ckpt
 
 if TYPE_CHECKING:
@@ -216,8 +217,6 @@ def evaluate(model: nn.Module, task: Task, split: str | None = None, *, tokenize
     if split not in task.splits:
         raise bad_param("split", f"one of {sorted(task.splits)} for task {task.name}", split, "evaluate")
     if collate is None:
-        from fewbits.data import make_collate
-
         collate = make_collate(task, tokenizer, max_length=max_length, train=False)
     predictions, labels = _predict(model, task.splits[split], collate, batch_size)
     return {k: float(v) for k, v in task.compute_metrics(predictions, labels).items()}
@@ -264,8 +263,6 @@ def train(model: nn.Module, task: Task, config: TrainConfig, *, tokenizer: Any =
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
     if collate is None:
-        from fewbits.data import make_collate
-
         train_collate = make_collate(task, tokenizer, max_length=config.max_length, train=True)
         eval_collate = make_collate(task, tokenizer, max_length=config.max_length, train=False)
     else:

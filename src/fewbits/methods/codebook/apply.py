@@ -20,6 +20,7 @@ from fewbits.methods.codebook.config import CodebookConfig
 from fewbits.nn.codebook import Codebook
 from fewbits.nn.targets import (Patterns, find_parametrizations, matching_names, register_weight_parametrization,
                                 remove_weight_parametrizations, select_targets)
+from fewbits.quantize import SCHEMES
 from fewbits.quantize.base import MAX_BITS, QuantizedTensor, check_bits, check_sample_weight, resolve_group_size
 
 Quantizer = Callable[..., QuantizedTensor]
@@ -52,8 +53,6 @@ def _resolve_quantizer(scheme: str | Quantizer) -> tuple[str, Quantizer]:
     """A scheme name from ``fewbits.quantize.SCHEMES``, or any callable returning a QuantizedTensor."""
     if callable(scheme):
         return getattr(scheme, "__name__", "custom"), scheme
-    from fewbits.quantize import SCHEMES
-
     if not isinstance(scheme, str) or scheme not in SCHEMES:
         raise bad_param("scheme", f"one of {sorted(SCHEMES)} or a callable", scheme, "compress")
     return scheme, SCHEMES[scheme]

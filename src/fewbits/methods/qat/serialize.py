@@ -23,7 +23,6 @@ from fewbits.errors import ArtifactError, FewbitsValueError, bad_param
 from fewbits.methods.base import Saved, Stored
 from fewbits.methods.codebook import serialize as codebook_serialize
 from fewbits.methods.qat.config import QATConfig
-from fewbits.models import build_model
 from fewbits.nn.activations import CHILD_NAME as ACTIVATION_CHILD
 from fewbits.nn.activations import activation_quantizers, add_activation_quantizer
 from fewbits.nn.codebook import Codebook
@@ -54,7 +53,8 @@ def _plain_copy(model: nn.Module) -> nn.Module:
     spec = getattr(model, "fewbits_spec", None)
     with torch.random.fork_rng(devices=[]):
         if isinstance(spec, dict) and "fewbits_model" in spec:
-            copy = build_model(spec["fewbits_model"], **spec.get("args", {}))
+            copy = type(model)(**spec.get("args", {}))  # what fewbits.models.build_model made
+            copy.fewbits_spec = {"fewbits_model": spec["fewbits_model"], "args": dict(spec.get("args", {}))}
         elif hasattr(model, "config") and hasattr(model, "save_pretrained"):
             copy = type(model)(model.config)
         else:

@@ -36,7 +36,7 @@ from torch import nn
 
 from fewbits.errors import FewbitsTypeError, FewbitsValueError, bad_param
 from fewbits.methods.qat.config import RegularizerConfig
-from fewbits.models import forward_batch, logits_of
+from fewbits.nn.forward import forward_batch, logits_of
 from fewbits.nn.ste import latent_weight, ste_modules
 
 
