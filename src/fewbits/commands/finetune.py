@@ -18,13 +18,6 @@ import time
 from pathlib import Path
 
 # Defaults per model family for the settings the user leaves out; text models follow BERT fine-tuning.
-RECIPES: dict[str, dict[str, float | int]] = {
-    "hf": {"lr": 5e-5, "epochs": 3, "batch_size": 32},
-    "cnn1d": {"lr": 3e-3, "epochs": 10, "batch_size": 64},
-    "resnet18": {"lr": 1e-3, "epochs": 30, "batch_size": 128},
-}
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `fewbits finetune`."""
     parser.add_argument("--model", default="minilm",
@@ -70,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from fewbits.data import load_task
     from fewbits.errors import bad_param
     from fewbits.models import load_model, save_model
+    from fewbits.models.defaults import training_defaults
     from fewbits.train import TrainConfig, train
 
     if args.threads is not None:
@@ -79,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     task = load_task(args.task, args.data_dir)
     torch.manual_seed(args.seed)  # the new classification head's initial weights
     model, tokenizer = load_model(args.model, task)
-    recipe = RECIPES.get(getattr(model, "fewbits_spec", {}).get("fewbits_model", "hf"), RECIPES["hf"])
+    recipe = training_defaults(model, "finetune")
     config = TrainConfig(
         epochs=args.epochs if args.epochs is not None else recipe["epochs"],
         batch_size=args.batch_size if args.batch_size is not None else recipe["batch_size"],

@@ -24,11 +24,6 @@ import time
 from pathlib import Path
 
 # Defaults per model family for the settings the user leaves out: (lr, STE-phase epochs, second-phase epochs, batch).
-RECIPES: dict[str, dict[str, float | int]] = {
-    "hf": {"lr": 1e-4, "ste_epochs": 3, "epochs": 2, "batch_size": 32},
-    "cnn1d": {"lr": 1e-3, "ste_epochs": 10, "epochs": 10, "batch_size": 64},
-    "resnet18": {"lr": 1e-3, "ste_epochs": 30, "epochs": 10, "batch_size": 128},
-}
 STE_DIR, MODEL_DIR, SUMMARY_FILE = "ste-phase", "model", "summary.json"
 
 
@@ -103,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
     from fewbits.data import load_task
     from fewbits.loading import load_any
+    from fewbits.models.defaults import training_defaults
     from fewbits.methods.qat import RegularizerConfig, prepare_qat
     from fewbits.protocols.qat import export_qat, load_ste_checkpoint, run_second_phase, run_ste_phase, ste_phase_done
     from fewbits.train import TrainConfig
@@ -120,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         return load_any(args.model, task)
 
     model, tokenizer = fresh_model()
-    recipe = RECIPES.get(getattr(model, "fewbits_spec", {}).get("fewbits_model", "hf"), RECIPES["hf"])
+    recipe = training_defaults(model, "qat")
 
     def config(epochs: int | None, key: str, out_dir: Path) -> TrainConfig:
         return TrainConfig(

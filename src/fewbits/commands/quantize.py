@@ -16,7 +16,6 @@ import argparse
 import json
 from pathlib import Path
 
-from fewbits.commands.finetune import RECIPES
 from fewbits.errors import bad_param
 
 
@@ -64,7 +63,7 @@ def _family(model: str) -> str:
             model = str(json.loads(config.read_text()).get("fewbits_model", "hf"))
         except (ValueError, AttributeError):
             return "hf"  # load_model reports an unreadable config itself
-    return model if model in RECIPES else "hf"
+    return model
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,13 +71,14 @@ def run(args: argparse.Namespace) -> int:
     from fewbits.data import load_task
     from fewbits.protocols.codebook import (QuantizeFinetuneConfig, artifact_sizes, choose_threads, finetune_fp32, load_fp32,
                                   quantize_finetune)
+    from fewbits.models.defaults import training_defaults
     from fewbits.train import TrainConfig, evaluate
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise bad_param("--out", "a directory", str(out), "fewbits quantize")
     model_dir = Path(args.model).expanduser()
-    recipe = RECIPES[_family(args.model)]
+    recipe = training_defaults(_family(args.model), "finetune")
     lr = args.lr if args.lr is not None else recipe["lr"]
     batch_size = args.batch_size if args.batch_size is not None else int(recipe["batch_size"])
     config = QuantizeFinetuneConfig(scheme=args.scheme, bits=args.bits, groups=args.groups, max_iter=args.max_iter or None,
