@@ -93,8 +93,8 @@ def test_artifact_reloads_with_identical_outputs_and_honest_sizes(task, fp32, tm
         assert torch.equal(forward_batch(model, batch).logits, forward_batch(loaded, batch).logits)
     art = result.artifact
     on_disk = sum((tmp_path / "art" / f).stat().st_size for f in ("fewbits.json", "fewbits.safetensors", "config.json"))
-    assert art["bytes"] == on_disk and art["theory_bytes"] < art["bytes"]
-    assert art["ratio"] == pytest.approx(art["fp32_bytes"] / art["bytes"]) and art["ratio"] > 1
+    assert art["artifact_bytes"] == on_disk and art["theory_bytes"] < art["artifact_bytes"]
+    assert art["ratio_to_fp32"] == pytest.approx(art["fp32_bytes"] / art["artifact_bytes"]) and art["ratio_to_fp32"] > 1
     assert evaluate(loaded, task, tokenizer=fewbits.load_tokenizer(tmp_path / "art"),
                     max_length=MAX_LENGTH) == result.after
 

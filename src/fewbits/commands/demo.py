@@ -209,10 +209,10 @@ def results_markdown(summary: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
         art = r.artifact or {}
-        size = f"{art['bytes'] / 2**20:.2f} MiB" if art else "-"
+        size = f"{art['artifact_bytes'] / 2**20:.2f} MiB" if art else "-"
         lines.append(f"| {r.config['scheme']} | {r.config['bits']} | {100 * r.score_before:.1f} | "
                      f"{100 * r.score_after:.1f} | {r.relative_error:.3g} | {size} | "
-                     f"{art.get('bits_per_weight', float('nan')):.2f} | {art.get('ratio', float('nan')):.1f}x |")
+                     f"{art.get('bits_per_weight', float('nan')):.2f} | {art.get('ratio_to_fp32', float('nan')):.1f}x |")
     by = {(r.config["scheme"], r.config["bits"]): r for r in results}
     verdicts = []
     for bits in sorted({r.config["bits"] for r in results}):

@@ -113,6 +113,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"{task.name} {task.eval_split} {metric}: FP32 {fp32_metrics[metric]:.4f} | {args.scheme} {args.bits}-bit "
           f"quantized {result.score_before:.4f} -> {result.score_after:.4f} after {result.steps} centroid "
           f"fine-tuning steps (relative weight error {result.relative_error:.3g})")
-    print(f"artifact {art['path']}: {art['bytes'] / 2**20:.2f} MiB, {art['bits_per_weight']:.3f} bits per weight, "
-          f"{art['ratio']:.2f}x smaller than FP32 ({art['fp32_bytes'] / 2**20:.2f} MiB)")
+    print(f"artifact {art['path']}: {art['artifact_bytes'] / 2**20:.2f} MiB, {art['bits_per_weight']:.3f} bits per weight, "
+          f"{art['ratio_to_fp32']:.2f}x smaller than FP32 ({art['fp32_bytes'] / 2**20:.2f} MiB)")
     return 0

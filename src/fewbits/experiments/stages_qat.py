@@ -118,9 +118,7 @@ class Regularize(Stage):
         record = {**train_record(result, task), "wbits": spec.wbits, "abits": spec.abits}
         if ctx.is_main:
             artifact = export_qat(model, ctx.out_dir / "artifact", spec, tokenizer=tokenizer)
-            s = describe(artifact)
-            record["sizes"] = {"artifact_bytes": s.total_bytes, "fp32_bytes": s.fp32_bytes,
-                               "bits_per_weight": s.bits_per_weight, "ratio_to_fp32": s.ratio}
+            record["sizes"] = describe(artifact).sizes()
             if not ctx.env.get("keep_artifacts"):
                 shutil.rmtree(artifact)
         ctx.state.update(model=model, tokenizer=tokenizer, task=task)

@@ -64,9 +64,7 @@ def measure_artifact(model: Any, tokenizer: Any, ctx: StageContext) -> dict[str,
         return {}
     directory = ctx.out_dir / "artifact"
     fewbits.save(model, directory, tokenizer=tokenizer)
-    s = describe(directory)
-    sizes = {"artifact_bytes": s.total_bytes, "theory_bytes": s.theory_bytes, "fp32_bytes": s.fp32_bytes,
-             "bits_per_weight": s.bits_per_weight, "ratio_to_fp32": s.ratio}
+    sizes = describe(directory).sizes()
     if not ctx.env.get("keep_artifacts"):
         shutil.rmtree(directory)
     return sizes

@@ -91,6 +91,11 @@ class ArtifactSummary:
         """How many times smaller than FP32 (``fp32_bytes / total_bytes``)."""
         return self.fp32_bytes / self.total_bytes
 
+    def sizes(self) -> dict[str, Any]:
+        """The one size record every protocol, command, stage and benchmark writes for a saved model."""
+        return {"artifact_bytes": self.total_bytes, "theory_bytes": self.theory_bytes,
+                "fp32_bytes": self.fp32_bytes, "bits_per_weight": self.bits_per_weight, "ratio_to_fp32": self.ratio}
+
     @property
     def overhead(self) -> float:
         """Fraction above the theory (``total_bytes / theory_bytes - 1``)."""

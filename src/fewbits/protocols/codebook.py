@@ -8,7 +8,7 @@ The protocol of Zhao et al. (linear vs k-means quantization of BERT), shared by 
     model = copy.deepcopy(fp32.model)  # quantize a copy, keep the FP32 model
     result = quantize_finetune(model, task, QuantizeFinetuneConfig("kmeans", bits=2, max_length=16),
                                tokenizer=fp32.tokenizer, artifact_dir="out/kmeans-2bit")
-    print(result.before, result.after, result.artifact["ratio"])
+    print(result.before, result.after, result.artifact["ratio_to_fp32"])
 
 Centroid fine-tuning is P1's: codes frozen, each centroid's gradient the mean of its members' gradients
 (:class:`fewbits.nn.Codebook`), codebooks at ``quantized_lr_scale`` (10x) the base learning rate, every
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+OLD_SIZE_KEYS = {"bytes": "artifact_bytes", "ratio": "ratio_to_fp32"}  # the size record before issue 14
 FP32_RECORD = "fp32.json"  # written beside a cached FP32 fine-tune: its key, settings and metrics
 
 
@@ -153,6 +154,11 @@ class QuantizeFinetuneResult:
 
     @classmethod
     def from_dict(cls, record: Mapping[str, Any]) -> QuantizeFinetuneResult:
+        """Inverse of :meth:`to_dict`; records written before the one size schema (``bytes``, ``ratio``) are read too."""
+        artifact = record.get("artifact")
+        if isinstance(artifact, dict) and "bytes" in artifact:
+            artifact = {OLD_SIZE_KEYS.get(k, k): v for k, v in artifact.items()}
+            record = {**record, "artifact": artifact}
         return cls(**{f.name: record[f.name] for f in dataclasses.fields(cls)})
 
 
@@ -164,10 +170,9 @@ def quantization_error(reports: Sequence[LayerReport]) -> tuple[float, float]:
 
 
 def artifact_sizes(directory: str | Path) -> dict[str, Any]:
-    """What an artifact truly costs: bytes on disk (headers included), theory, FP32, bits per weight, ratio."""
-    s = describe(directory)
-    return {"path": str(directory), "bytes": s.total_bytes, "theory_bytes": s.theory_bytes, "fp32_bytes": s.fp32_bytes,
-            "bits_per_weight": s.bits_per_weight, "ratio": s.ratio}
+    """What an artifact truly costs (``ArtifactSummary.sizes``): bytes on disk (headers included), theory, FP32,
+    bits per weight, ratio to FP32."""
+    return {"path": str(directory), **describe(directory).sizes()}
 
 
 def eval_sorted(task: Task, tokenizer: Any, max_length: int = 128) -> Task:
