@@ -28,10 +28,11 @@ from _report import machine_line, write_section  # noqa: E402
 
 import fewbits  # noqa: E402
 from fewbits.data import load_task  # noqa: E402
-from fewbits.methods.mask.codec import describe_mask  # noqa: E402
+from fewbits.io import describe  # noqa: E402
+from fewbits.methods.mask import new_head  # noqa: E402
 from fewbits.models import load_model  # noqa: E402
 from fewbits.nn import head_names  # noqa: E402
-from fewbits.protocols.mask import MaskConfig, load_base, new_head, save_mask, train_mask  # noqa: E402
+from fewbits.protocols.mask import MaskConfig, load_base, save_mask, train_mask  # noqa: E402
 from fewbits.train import TrainConfig, train  # noqa: E402
 
 
@@ -63,7 +64,7 @@ def _run(name: str, scheme: str | None, bits: int, seed: int, task, args, workdi
         return {"accuracy": result.metrics["accuracy"], "seconds": time.perf_counter() - started}
     mask_config = MaskConfig(score_lr=args.score_lr, margin=args.margin)
     result = train_mask(base.model, task, mask_config, config, tokenizer=base.tokenizer)
-    summary = describe_mask(save_mask(base.model, workdir / f"mask-{scheme}-{bits}-{seed}", base, task=task))
+    summary = describe(save_mask(base.model, workdir / f"mask-{scheme}-{bits}-{seed}", base, task=task))
     return {"accuracy": result.train.metrics["accuracy"], "kept": result.kept, "mask_bytes": summary.mask_bytes,
             "mask_bits_per_weight": summary.mask_bits_per_weight, "task_artifact_bytes": summary.total_bytes,
             "masked_weights": summary.weights, "seconds": time.perf_counter() - started}
