@@ -39,6 +39,17 @@ def check_train(kind: str, params: dict[str, Any]) -> None:
             raise bad_param(f"{kind}.{name}", "a number >= 0", params[name], kind)
 
 
+def check_method_config(kind: str, make: Any) -> Any:
+    """Build a method's config with ``make()`` so that its own validation (one place) checks the stage's
+    settings; its error is re-raised naming the stage."""
+    from fewbits.errors import FewbitsError
+
+    try:
+        return make()
+    except FewbitsError as exc:
+        raise type(exc)(f"Stage {kind!r}: {exc}") from None
+
+
 def train_config(ctx: StageContext, out_dir: Any, **override: Any) -> Any:
     """The TrainConfig of a stage: its parameters, the run's seed, the environment; resumable in ``out_dir``."""
     from fewbits.train import TrainConfig

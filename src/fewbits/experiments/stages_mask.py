@@ -13,9 +13,8 @@ from typing import Any
 
 from fewbits.errors import bad_param
 from fewbits.experiments.base import Stage, StageContext
-from fewbits.experiments.stages_common import (TRAIN_DEFAULTS, check_train, drop_checkpoints, evaluate_all,
-                                               load_task, prior_metrics, train_config, train_record)
-from fewbits.experiments.stages_quant import SCHEMES
+from fewbits.experiments.stages_common import (TRAIN_DEFAULTS, check_method_config, check_train, drop_checkpoints,
+                                               evaluate_all, load_task, prior_metrics, train_config, train_record)
 
 BASE_DIR = "base"
 
@@ -35,10 +34,11 @@ class Base(Stage):
 
     @classmethod
     def check(cls, params: dict[str, Any], config: dict[str, Any]) -> None:
-        if params["scheme"] not in SCHEMES:
-            raise bad_param("base.scheme", f"one of {list(SCHEMES)}", params["scheme"], cls.kind)
-        if not (1 <= params["bits"] <= 8 or params["bits"] == 32):
-            raise bad_param("base.bits", "an int in [1, 8] or 32 (full precision)", params["bits"], cls.kind)
+        from fewbits.methods.codebook import CodebookConfig
+
+        check_method_config(cls.kind, lambda: CodebookConfig(scheme=params["scheme"]))  # whatever the bits
+        if params["bits"] != 32:  # 32: the full-precision base, saved as it is
+            check_method_config(cls.kind, lambda: CodebookConfig(scheme=params["scheme"], bits=params["bits"]))
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         import fewbits
@@ -63,6 +63,14 @@ class Base(Stage):
         return record
 
 
+def _mask_config(params: dict[str, Any]) -> Any:
+    """The stage's settings as the mask method's MaskConfig (validated there; 0 means None for the optional ones)."""
+    from fewbits.methods.mask import MaskConfig
+
+    return MaskConfig(score_lr=params["score_lr"], margin=params["margin"], init_sparsity=params["init_sparsity"],
+                      sparsity=params["sparsity"] or None, head_lr=params["head_lr"] or None)
+
+
 class Mask(Stage):
     """Learn the task's mask over the frozen shared base (scores at ``score_lr``, head at ``head_lr`` or the
     training lr); records the metrics, the label prior's metrics, the kept fraction and the mask's bytes."""
@@ -78,22 +86,16 @@ class Mask(Stage):
         check_train(cls.kind, params)
         if "base" not in config["pipeline"]:
             raise bad_param("pipeline", "a 'base' stage before 'mask'", config["pipeline"], cls.kind)
-        for name in ("init_sparsity", "sparsity"):
-            if not 0 <= params[name] < 1:
-                raise bad_param(f"mask.{name}", "a number in [0, 1)", params[name], cls.kind)
-        for name in ("score_lr", "margin"):
-            if not params[name] > 0:
-                raise bad_param(f"mask.{name}", "a number > 0", params[name], cls.kind)
+        check_method_config(cls.kind, lambda: _mask_config(params))
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         from fewbits.io import describe
-        from fewbits.protocols.mask import MaskConfig, load_base, save_mask, train_mask
+        from fewbits.protocols.mask import load_base, save_mask, train_mask
 
         p = ctx.params
         task = load_task(ctx)
         base = load_base(ctx.outputs["base"].dir / BASE_DIR, task, seed=ctx.config.get("seed", 0))
-        config = MaskConfig(score_lr=p["score_lr"], margin=p["margin"], init_sparsity=p["init_sparsity"],
-                            sparsity=p["sparsity"] or None, head_lr=p["head_lr"] or None)
+        config = _mask_config(p)
         out = ctx.out_dir / "train"
         result = train_mask(base.model, task, config, train_config(ctx, out), tokenizer=base.tokenizer)
         drop_checkpoints(out)

@@ -12,17 +12,11 @@ from typing import Any
 
 from fewbits.errors import bad_param
 from fewbits.experiments.base import Stage, StageContext
-from fewbits.experiments.stages_common import (TRAIN_DEFAULTS, check_train, drop_checkpoints, load_task,
-                                               seeded_model, train_config, train_record)
+from fewbits.experiments.stages_common import (TRAIN_DEFAULTS, check_method_config, check_train, drop_checkpoints,
+                                               load_task, seeded_model, train_config, train_record)
 
 QAT_TRAIN_DEFAULTS = {**TRAIN_DEFAULTS, "lr": 1e-3, "weight_decay": 0.0, "warmup_ratio": 0.0, "batch_size": 64,
                       "epochs": 10}
-METHODS = ("ste", "msqe", "fisher", "kd")
-
-
-def _check_bits(name: str, value: int) -> None:
-    if not (1 <= value <= 8 or value == 32):
-        raise bad_param(name, "an int in [1, 8] or 32 (full precision)", value, "ste")
 
 
 class STE(Stage):
@@ -38,8 +32,11 @@ class STE(Stage):
     @classmethod
     def check(cls, params: dict[str, Any], config: dict[str, Any]) -> None:
         check_train(cls.kind, params)
-        _check_bits("ste.wbits", params["wbits"])
-        _check_bits("ste.abits", params["abits"])
+        from fewbits.methods.qat import QATConfig
+
+        check_method_config(cls.kind, lambda: QATConfig(
+            wbits=params["wbits"], abits=params["abits"], per_channel=params["per_channel"],
+            symmetric=params["symmetric"], keep_first_last=params["keep_first_last"]))
         if params["init"] not in ("finetune", "scratch"):
             raise bad_param("ste.init", "'finetune' or 'scratch'", params["init"], cls.kind)
         if params["init"] == "finetune" and "finetune" not in config["pipeline"]:
@@ -74,6 +71,15 @@ def load_ste(ctx: StageContext) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
     return model, tokenizer, task, spec, fisher
 
 
+def _regularizer(params: dict[str, Any]) -> Any:
+    """The stage's settings as the QAT method's RegularizerConfig (validated there)."""
+    from fewbits.methods.qat import RegularizerConfig
+
+    return RegularizerConfig(method=params["method"], lam=params["lam"], temperature=params["temperature"],
+                             t2_scaling=params["t2_scaling"], fisher=params["fisher"],
+                             fisher_normalize=params["fisher_normalize"])
+
+
 class Regularize(Stage):
     """P2's second phase from the shared STE checkpoint with ``method`` (ste, msqe, fisher, kd); records the
     metrics and the exported W-bit artifact's size."""
@@ -85,13 +91,7 @@ class Regularize(Stage):
     @classmethod
     def check(cls, params: dict[str, Any], config: dict[str, Any]) -> None:
         check_train(cls.kind, params)
-        if params["method"] not in METHODS:
-            raise bad_param("regularize.method", f"one of {list(METHODS)}", params["method"], cls.kind)
-        if params["fisher"] not in ("adam", "true"):
-            raise bad_param("regularize.fisher", "'adam' or 'true'", params["fisher"], cls.kind)
-        if not params["temperature"] > 0 or params["lam"] < 0:
-            raise bad_param("regularize.temperature/lam", "temperature > 0 and lam >= 0",
-                            (params["temperature"], params["lam"]), cls.kind)
+        check_method_config(cls.kind, lambda: _regularizer(params))
         if "ste" not in config["pipeline"] or (params["method"] == "kd" and "finetune" not in config["pipeline"]):
             raise bad_param("pipeline", "an 'ste' stage before 'regularize' (and 'finetune' for the kd teacher)",
                             config["pipeline"], cls.kind)
@@ -101,7 +101,6 @@ class Regularize(Stage):
 
         from fewbits.io.summary import describe
         from fewbits.models import load_model
-        from fewbits.methods.qat import RegularizerConfig
         from fewbits.protocols.qat import export_qat, run_second_phase
 
         p = ctx.params
@@ -109,8 +108,7 @@ class Regularize(Stage):
         teacher = None
         if p["method"] == "kd":
             teacher, _ = load_model(ctx.outputs["finetune"].dir / "model", task, new_head=False)
-        phase = RegularizerConfig(method=p["method"], lam=p["lam"], temperature=p["temperature"],
-                            t2_scaling=p["t2_scaling"], fisher=p["fisher"], fisher_normalize=p["fisher_normalize"])
+        phase = _regularizer(p)
         out = ctx.out_dir / "train"
         result = run_second_phase(model, task, train_config(ctx, out), spec, phase, fisher=fisher, teacher=teacher,
                                   tokenizer=tokenizer)

@@ -12,11 +12,8 @@ from typing import Any
 
 from fewbits.errors import bad_param
 from fewbits.experiments.base import Stage, StageContext
-from fewbits.experiments.stages_common import (TRAIN_DEFAULTS, check_train, drop_checkpoints, evaluate_all, finetuned,
+from fewbits.experiments.stages_common import (TRAIN_DEFAULTS, check_method_config, check_train, drop_checkpoints, evaluate_all, finetuned,
                                                train_config, train_record)
-
-SCHEMES = ("linear", "kmeans", "optimal", "uniform")
-
 
 class Quantize(Stage):
     """``fewbits.compress(model, scheme, bits, groups=...)`` on the fine-tuned model (seeded by the run's seed);
@@ -30,10 +27,9 @@ class Quantize(Stage):
 
     @classmethod
     def check(cls, params: dict[str, Any], config: dict[str, Any]) -> None:
-        if params["scheme"] not in SCHEMES:
-            raise bad_param("quantize.scheme", f"one of {list(SCHEMES)}", params["scheme"], cls.kind)
-        if not 1 <= params["bits"] <= 8:
-            raise bad_param("quantize.bits", "an int in [1, 8]", params["bits"], cls.kind)
+        from fewbits.methods.codebook import CodebookConfig
+
+        check_method_config(cls.kind, lambda: CodebookConfig(scheme=params["scheme"], bits=params["bits"]))
         if params["max_iter"] < 0:
             raise bad_param("quantize.max_iter", "an int >= 0 (0: until convergence)", params["max_iter"], cls.kind)
         if params["groups"] < 0:
