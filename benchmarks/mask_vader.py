@@ -28,11 +28,10 @@ from _report import machine_line, write_section  # noqa: E402
 
 import fewbits  # noqa: E402
 from fewbits.data import load_task  # noqa: E402
-from fewbits.io import describe  # noqa: E402
 from fewbits.methods.mask import new_head  # noqa: E402
 from fewbits.models import load_model  # noqa: E402
 from fewbits.nn import head_names  # noqa: E402
-from fewbits.protocols.mask import MaskConfig, load_base, save_mask, train_mask  # noqa: E402
+from fewbits.protocols.mask import MaskConfig, load_base, run_mask  # noqa: E402
 from fewbits.train import TrainConfig, train  # noqa: E402
 
 
@@ -43,31 +42,50 @@ def _configs(bits: list[int], schemes: list[str]) -> list[tuple[str, str | None,
     return rows
 
 
-def _run(name: str, scheme: str | None, bits: int, seed: int, task, args, workdir: Path) -> dict:
-    """One run; returns its record (accuracy, kept fraction, mask size on disk, seconds)."""
+def _train_config(args, seed: int, lr: float) -> TrainConfig:
+    """Every run's training settings (the same loop, data order and steps for every row)."""
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_length=args.max_length, seed=seed,
+                       max_steps=args.max_steps, progress=False, lr=lr)
+
+
+def mask_run(source: str, task, seed: int, args, out_dir: Path) -> dict:
+    """The mask protocol over the base ``source`` (head from ``seed``), its task artifact in ``out_dir``: its record."""
     started = time.perf_counter()
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_length=args.max_length, seed=seed,
-                         max_steps=args.max_steps, progress=False, lr=args.ft_lr if name == "fine-tune weights"
-                         else args.head_lr)
+    base = load_base(source, task, seed=seed)
+    record = run_mask(base, task, MaskConfig(score_lr=args.score_lr, margin=args.margin),
+                      _train_config(args, seed, args.head_lr), out_dir=out_dir)
+    return {**record.to_dict(), "seconds": time.perf_counter() - started}
+
+
+def _run(name: str, scheme: str | None, bits: int, seed: int, task, args, workdir: Path) -> dict:
+    """One run; returns its record (metrics, and for masks kept fractions and sizes on disk; seconds)."""
+    started = time.perf_counter()
     if name == "fine-tune weights":
         model, tokenizer = load_model("minilm", task)
         new_head(model, task.num_labels, task.label_names, seed)
-        result = train(model, task, config, tokenizer=tokenizer)
-        return {"accuracy": result.metrics["accuracy"], "seconds": time.perf_counter() - started}
+        result = train(model, task, _train_config(args, seed, args.ft_lr), tokenizer=tokenizer)
+        return {"metrics": result.metrics, "seconds": time.perf_counter() - started}
     source = "minilm" if scheme is None else str(workdir / f"base-{scheme}-{bits}")
-    base = load_base(source, task, seed=seed)
     if name == "head only (no mask)":  # the control: frozen features, only the head learns
+        base = load_base(source, task, seed=seed)
         head = {id(p) for h in head_names(base.model) for p in base.model.get_submodule(h).parameters()}
         for p in base.model.parameters():
             p.requires_grad_(id(p) in head)
-        result = train(base.model, task, config, tokenizer=base.tokenizer)
-        return {"accuracy": result.metrics["accuracy"], "seconds": time.perf_counter() - started}
-    mask_config = MaskConfig(score_lr=args.score_lr, margin=args.margin)
-    result = train_mask(base.model, task, mask_config, config, tokenizer=base.tokenizer)
-    summary = describe(save_mask(base.model, workdir / f"mask-{scheme}-{bits}-{seed}", base, task=task))
-    return {"accuracy": result.train.metrics["accuracy"], "kept": result.kept, "mask_bytes": summary.mask_bytes,
-            "mask_bits_per_weight": summary.mask_bits_per_weight, "task_artifact_bytes": summary.total_bytes,
-            "masked_weights": summary.weights, "seconds": time.perf_counter() - started}
+        result = train(base.model, task, _train_config(args, seed, args.head_lr), tokenizer=base.tokenizer)
+        return {"metrics": result.metrics, "seconds": time.perf_counter() - started}
+    return mask_run(source, task, seed, args, workdir / f"mask-{scheme}-{bits}-{seed}")
+
+
+def _upgrade(record: dict) -> dict:
+    """A run written before the mask protocol's record (``accuracy``, flat sizes) in the record's shape."""
+    if "metrics" in record:
+        return record
+    record = {**record, "metrics": {"accuracy": record["accuracy"]}}
+    if "mask_bits_per_weight" in record:
+        record["sizes"] = {"artifact_bytes": record["task_artifact_bytes"], "mask_bytes": record["mask_bytes"],
+                           "mask_bits_per_weight": record["mask_bits_per_weight"],
+                           "masked_weights": record["masked_weights"]}
+    return record
 
 
 def _build_bases(configs, task, workdir: Path) -> dict[str, float]:
@@ -101,10 +119,10 @@ def _report(configs, records: dict, args, prior: float, total_s: float, bases: d
         runs = [records[(name, scheme, bits, s)] for s in range(args.seeds) if (name, scheme, bits, s) in records]
         if not runs:
             continue
-        acc = [r["accuracy"] for r in runs]
+        acc = [r["metrics"]["accuracy"] for r in runs]
         means[(name, scheme, bits)] = statistics.mean(acc)
         kept = f"{statistics.mean(r['kept'][-1] for r in runs):.4f}" if "kept" in runs[0] else "-"
-        bpw = f"{statistics.mean(r['mask_bits_per_weight'] for r in runs):.3f}" if "kept" in runs[0] else "-"
+        bpw = f"{statistics.mean(r['sizes']['mask_bits_per_weight'] for r in runs):.3f}" if "kept" in runs[0] else "-"
         secs = statistics.mean(r["seconds"] for r in runs)
         rows.append(f"| {name} | {bits if bits < 32 else 'FP32'} | {_mean_sd(acc)} ({len(acc)} seeds) | {kept} | "
                     f"{bpw} | {secs:.0f} |")
@@ -135,13 +153,14 @@ def _report(configs, records: dict, args, prior: float, total_s: float, bases: d
     fp32 = [records[k] for k in records if k[0] == "fine-tune structure"]
     disk = ""
     if fp32:
-        bpw = statistics.mean(r["mask_bits_per_weight"] for r in fp32)
+        sizes = [r["sizes"] for r in fp32]
+        bpw = statistics.mean(z["mask_bits_per_weight"] for z in sizes)
         kept = statistics.mean(r["kept"][-1] for r in fp32)
         disk = (f"Mask on disk for the trained FP32 vader masks: {bpw:.3f} bits per masked weight "
-                f"({statistics.mean(r['mask_bytes'] for r in fp32) / 1024:.0f} KiB for "
-                f"{fp32[0]['masked_weights']:,} weights, {100 * (1 - kept):.2f}% removed) against 1 bit per weight "
-                f"for a plain bitmask ({fp32[0]['masked_weights'] / 8 / 1024:.0f} KiB); the whole task artifact "
-                f"(mask, head, headers) is {statistics.mean(r['task_artifact_bytes'] for r in fp32) / 1024:.0f} KiB.")
+                f"({statistics.mean(z['mask_bytes'] for z in sizes) / 1024:.0f} KiB for "
+                f"{sizes[0]['masked_weights']:,} weights, {100 * (1 - kept):.2f}% removed) against 1 bit per weight "
+                f"for a plain bitmask ({sizes[0]['masked_weights'] / 8 / 1024:.0f} KiB); the whole task artifact "
+                f"(mask, head, headers, files) is {statistics.mean(z['artifact_bytes'] for z in sizes) / 1024:.0f} KiB.")
     steps = f"max {args.max_steps} steps" if args.max_steps else "all steps"
     built = (f", building the quantized bases {sum(b['seconds'] for b in bases.values()) / 60:.1f} min"
              if bases else "")
@@ -197,7 +216,7 @@ def main() -> None:
         for line in results.read_text().splitlines():
             r = json.loads(line)
             if r["settings"] == settings:
-                records[(r["name"], r["scheme"], r["bits"], r["seed"])] = r
+                records[(r["name"], r["scheme"], r["bits"], r["seed"])] = _upgrade(r)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         workdir = Path(tmp)
         todo = [(name, scheme, bits, seed) for seed in range(args.seeds) for name, scheme, bits in configs
@@ -210,7 +229,7 @@ def main() -> None:
             records[key] = record
             with results.open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
-            print(f"{name} {bits} seed {seed}: accuracy {record['accuracy']:.4f}"
+            print(f"{name} {bits} seed {seed}: accuracy {record['metrics']['accuracy']:.4f}"
                   + (f", kept {record['kept'][-1]:.4f}" if "kept" in record else "")
                   + f" ({record['seconds']:.0f} s)", file=sys.stderr)
     text = _report(configs, records, args, prior, sum(r["seconds"] for r in records.values()), bases)

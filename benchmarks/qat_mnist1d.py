@@ -31,11 +31,11 @@ from _report import machine_line, write_section  # noqa: E402
 from fewbits.data import load_task  # noqa: E402
 from fewbits.loading import load_any  # noqa: E402
 from fewbits.models import build_model, save_model  # noqa: E402
-from fewbits.methods.qat import RegularizerConfig, prepare_qat  # noqa: E402
-from fewbits.protocols.qat import (export_qat, load_ste_checkpoint, run_second_phase, run_ste_phase,  # noqa: E402
-                                   ste_phase_done)
+from fewbits.methods.qat import QATConfig, RegularizerConfig  # noqa: E402
+from fewbits.protocols.qat import second_phase as run_second_phase  # noqa: E402
+from fewbits.protocols.qat import ste_phase as run_ste_phase  # noqa: E402
+from fewbits.protocols.qat import ste_phase_done  # noqa: E402
 from fewbits.train import TrainConfig, train  # noqa: E402
-from fewbits.methods.qat.training import ste_squared_error  # noqa: E402
 
 SETTINGS = ((2, 2, True), (2, 32, True), (2, 2, False))  # (wbits, abits, keep first and last layer FP32)
 METHODS = ("ste", "msqe", "fisher", "kd")
@@ -55,8 +55,14 @@ def config(phase: str, seed: int, out: Path | None) -> TrainConfig:
 
 
 def done(run: Path) -> dict | None:
+    """A finished run's result; one written before the protocol's record (``accuracy``, ``qerr``) is read as one."""
     path = run / "result.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    if "qerr" in result:
+        result = {**result, "metrics": {"accuracy": result["accuracy"]}, "squared_error": result["qerr"]}
+    return result
 
 
 def finish(run: Path, result: dict, started: float) -> dict:
@@ -80,34 +86,37 @@ def teacher(task, seed: int, root: Path) -> tuple[torch.nn.Module, dict]:
     return model, finish(run, {"accuracy": result.metrics["accuracy"]}, started)
 
 
-def ste_phase(task, fp32: torch.nn.Module, seed: int, wbits: int, abits: int, keep_first_last: bool,
-              run: Path) -> dict:
-    """Phase 1 from the FP32 weights: test accuracy and sum (w - Q(w))^2 at its end."""
+def ste_phase(task, fp32: torch.nn.Module, train_config: TrainConfig, qat: QATConfig) -> dict:
+    """Phase 1 from the FP32 weights into ``train_config.out_dir``: the protocol's record (test accuracy,
+    sum (w - Q(w))^2 at its end)."""
+    run = Path(train_config.out_dir)
     if (cached := done(run)) is not None and ste_phase_done(run):
         return cached
     started = time.perf_counter()
     model = build_model("cnn1d", num_classes=10)
     model.load_state_dict(fp32.state_dict())
-    spec = prepare_qat(model, wbits, abits, keep_first_last=keep_first_last)
-    result = run_ste_phase(model, task, config("ste", seed, run), spec)
-    return finish(run, {"accuracy": result.metrics["accuracy"], "qerr": float(ste_squared_error(model).detach())}, started)
+    record = run_ste_phase(model, task, train_config, qat)
+    return finish(run, record.to_dict(), started)
 
 
-def second_phase(task, fp32: torch.nn.Module, seed: int, ste_dir: Path, method: str, temperature: float,
-                 run: Path, export: bool) -> dict:
-    """Phase 2 from the STE checkpoint: final test accuracy and sum (w - Q(w))^2."""
+def second_phase(task, fp32: torch.nn.Module, train_config: TrainConfig, ste_dir: Path, regularizer: RegularizerConfig,
+                 export: bool) -> dict:
+    """Phase 2 from the STE checkpoint into ``train_config.out_dir``: the protocol's record (final test accuracy,
+    sum (w - Q(w))^2; the artifact in ``model/`` when ``export``)."""
+    run = Path(train_config.out_dir)
     if (cached := done(run)) is not None:
         return cached
     started = time.perf_counter()
     model = build_model("cnn1d", num_classes=10)
-    spec, fisher = load_ste_checkpoint(model, ste_dir)
-    phase = RegularizerConfig(method=method, lam=LAM[method], temperature=temperature, fisher_normalize=True)
-    result = run_second_phase(model, task, config("second", seed, run), spec, phase, fisher=fisher,
-                              teacher=fp32 if method == "kd" else None)
-    if export:
-        export_qat(model, run / "model", spec)
-    return finish(run, {"accuracy": result.metrics["accuracy"], "qerr": float(ste_squared_error(model).detach()),
-                        "method": method, "temperature": temperature, "lam": LAM[method]}, started)
+    record = run_second_phase(model, task, train_config, ste_dir, regularizer,
+                              teacher=fp32 if regularizer.method == "kd" else None,
+                              export_dir=run / "model" if export else None)
+    return finish(run, record.to_dict(), started)
+
+
+def regularizer(method: str, temperature: float) -> RegularizerConfig:
+    """The second phase of ``method`` as this benchmark runs it (its λ, Fisher normalized to mean 1)."""
+    return RegularizerConfig(method=method, lam=LAM[method], temperature=temperature, fisher_normalize=True)
 
 
 def label(key: tuple) -> str:
@@ -163,23 +172,27 @@ def main() -> None:
             wbits, abits, keep = key
             setting = root / f"seed{seed}" / (f"w{wbits}a{abits}" + ("" if keep else "-all"))
             ste_dir = setting / "ste-phase"
-            phase1[key].append(ste_phase(task, model, seed, wbits, abits, keep, ste_dir))
+            qat = QATConfig(wbits, abits, keep_first_last=keep)
+            phase1[key].append(ste_phase(task, model, config("ste", seed, ste_dir), qat))
             for method in METHODS:
                 w2a2_kd = method == "kd" and key == SETTINGS[0]
                 run = args.runs / "qat-T4" / f"seed{seed}" if w2a2_kd else setting / method
-                runs[key][method].append(second_phase(task, model, seed, ste_dir, method, 4.0, run, export=w2a2_kd))
-                log.info("seed %d %s %s: %.4f", seed, label(key), method, runs[key][method][-1]["accuracy"])
+                runs[key][method].append(second_phase(task, model, config("second", seed, run), ste_dir,
+                                                      regularizer(method, 4.0), export=w2a2_kd))
+                log.info("seed %d %s %s: %.4f", seed, label(key), method,
+                         runs[key][method][-1]["metrics"]["accuracy"])
             if key == SETTINGS[0]:
                 for t in TEMPERATURES:
                     run = args.runs / f"qat-T{t:g}" / f"seed{seed}"
-                    temps[t].append(second_phase(task, model, seed, ste_dir, "kd", t, run, export=True))
-                    log.info("seed %d %s kd T=%g: %.4f", seed, label(key), t, temps[t][-1]["accuracy"])
+                    temps[t].append(second_phase(task, model, config("second", seed, run), ste_dir,
+                                                 regularizer("kd", t), export=True))
+                    log.info("seed %d %s kd T=%g: %.4f", seed, label(key), t, temps[t][-1]["metrics"]["accuracy"])
     every = fp32 + [r for v in phase1.values() for r in v] + [r for v in runs.values() for rs in v.values() for r in rs]
     every += [r for t in TEMPERATURES if t != 4.0 for r in temps[t]]
     minutes = sum(r["seconds"] for r in every) / 60
 
     def accuracy(results: list[dict]) -> list[float]:
-        return [r["accuracy"] for r in results]
+        return [r["metrics"]["accuracy"] if "metrics" in r else r["accuracy"] for r in results]
 
     acc = {key: {m: accuracy(runs[key][m]) for m in METHODS} for key in SETTINGS}
     lines = [
@@ -212,9 +225,9 @@ def main() -> None:
               "|---|---|---|---|---|---|---|"]
     for key in SETTINGS:
         ste = runs[key]["ste"]
-        gains = [fmt([a["accuracy"] - b["accuracy"] for a, b in zip(runs[key][m], ste)], sign=True)
+        gains = [fmt([a - b for a, b in zip(accuracy(runs[key][m]), accuracy(ste))], sign=True)
                  for m in METHODS[1:]]
-        errors = [fmt([a["qerr"] / b["qerr"] for a, b in zip(runs[key][m], ste)], scale=1.0, digits=2)
+        errors = [fmt([a["squared_error"] / b["squared_error"] for a, b in zip(runs[key][m], ste)], scale=1.0, digits=2)
                   for m in METHODS[1:]]
         lines.append(f"| {label(key)} | " + " | ".join(gains + errors) + " |")
     lines += ["", "P2's ordering (KD >= Fisher ~ MSQE >= STE), from these numbers:", ""]

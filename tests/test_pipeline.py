@@ -18,7 +18,8 @@ from fewbits.errors import FewbitsValueError
 from fewbits.models import forward_batch
 from fewbits.methods.codebook import codebook_modules
 from fewbits.nn import default_targets
-from fewbits.protocols.codebook import (QuantizeFinetuneConfig, QuantizeFinetuneResult, eval_sorted, finetune_fp32, plot_scores, quantization_error,
+from fewbits.analysis.plots import plot_scores
+from fewbits.protocols.codebook import (QuantizeFinetuneConfig, QuantizeFinetuneResult, eval_sorted, finetune_fp32, quantization_error,
                               quantize_finetune)
 from fewbits.train import TrainConfig, evaluate
 
@@ -79,7 +80,7 @@ def test_pipeline_trains_codebooks_and_unquantized_params_with_codes_frozen(task
         assert not torch.equal(fp32_state[key], state[key]), key
     # before: the quantized model as compressed; after: the model as returned (and saved)
     assert result.before == evaluate(reference, task, tokenizer=fp32.tokenizer, max_length=MAX_LENGTH)
-    assert result.after == evaluate(model, task, tokenizer=fp32.tokenizer, max_length=MAX_LENGTH)
+    assert result.metrics == evaluate(model, task, tokenizer=fp32.tokenizer, max_length=MAX_LENGTH)
     assert 0 < result.relative_error < 1
 
 
@@ -91,18 +92,18 @@ def test_artifact_reloads_with_identical_outputs_and_honest_sizes(task, fp32, tm
     batch = first_batch(task, fp32.tokenizer)
     with torch.no_grad():
         assert torch.equal(forward_batch(model, batch).logits, forward_batch(loaded, batch).logits)
-    art = result.artifact
+    art = result.sizes
     on_disk = sum((tmp_path / "art" / f).stat().st_size for f in ("fewbits.json", "fewbits.safetensors", "config.json"))
     assert art["artifact_bytes"] == on_disk and art["theory_bytes"] < art["artifact_bytes"]
     assert art["ratio_to_fp32"] == pytest.approx(art["fp32_bytes"] / art["artifact_bytes"]) and art["ratio_to_fp32"] > 1
     assert evaluate(loaded, task, tokenizer=fewbits.load_tokenizer(tmp_path / "art"),
-                    max_length=MAX_LENGTH) == result.after
+                    max_length=MAX_LENGTH) == result.metrics
 
 
 def test_no_finetuning_scores_after_as_before(task, fp32):
     model = copy.deepcopy(fp32.model)
     result = quantize_finetune(model, task, small_config(scheme="optimal", bits=1, epochs=0), tokenizer=fp32.tokenizer)
-    assert result.steps == 0 and result.after == result.before and result.artifact is None
+    assert result.steps == 0 and result.metrics == result.before and result.sizes == {}
     reference = copy.deepcopy(fp32.model)
     fewbits.compress(reference, "optimal", 1)
     for name, (_, cb) in codebook_modules(reference).items():

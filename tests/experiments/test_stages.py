@@ -59,9 +59,9 @@ def test_p3_pipeline(tmp_path: Path, bits: int) -> None:
     (r,) = run_recipe(tmp_path, ["base", "mask"], {"mask": {**TRAIN, "lr": 1e-3}}, {"base.bits": [bits]})
     mask = r["stages"]["mask"]
     assert len(mask["kept"]) >= 2 and 0.5 < mask["kept"][-1] <= 1.0
-    assert r["sizes"]["mask_bytes"] > 0 and r["sizes"]["base_bytes"] > 0
+    assert r["sizes"]["artifact_bytes"] > 0 and r["sizes"]["base_bytes"] > 0
     sizes = mask["sizes"]  # the mask alone: at most a plain bitmask's bit per weight (plus a few header bytes)
     assert 0 <= sizes["mask_bits_per_weight"] <= 1 + 512 / sizes["masked_weights"]
-    assert sizes["mask_only_bytes"] < sizes["mask_bytes"]
+    assert sizes["mask_bytes"] < sizes["artifact_bytes"]
     assert (sizes["mask_bits_per_weight"] > 0) == (mask["kept"][-1] < 1)  # keeping everything costs ~nothing
     assert ("relative_error" in r["stages"]["base"]) == (bits < 32)

@@ -8,7 +8,7 @@
 - :func:`hutchinson_trace`, :func:`top_eigenvalue`, :func:`hessian_vector_product`: the full Hessian
   of the dataset loss by double backprop.
 - :func:`softmax_curvature`, :func:`temperature_sweep`: P2's exact last-layer trace and its 1/T^2 bound.
-- plots: :func:`plot_surface`, :func:`plot_slices`, :func:`plot_trace_vs_temperature`.
+- plots: :func:`plot_surface`, :func:`plot_slices`, :func:`plot_trace_vs_temperature`, :func:`plot_scores`.
 
 Everything acts on the *effective* weights (a parametrized, e.g. quantized, weight is analysed at
 its dequantized value) and leaves the model exactly as it was, also when a call raises.
@@ -42,7 +42,7 @@ from fewbits.analysis.hessian import (
 )
 from fewbits.analysis.objective import BatchLoss, Evaluation, classification_objective, evaluate
 from fewbits.analysis.params import effective_parameters, override_parameters
-from fewbits.analysis.plots import plot_slices, plot_surface, plot_trace_vs_temperature
+from fewbits.analysis.plots import plot_scores, plot_slices, plot_surface, plot_trace_vs_temperature
 from fewbits.analysis.surface import Surface1D, Surface2D, grid_coordinates, surface_1d, surface_2d
 
 __all__ = [
@@ -51,7 +51,7 @@ __all__ = [
     "Surface2D", "TraceEstimate", "check_directions", "classification_objective", "direction_pairs",
     "effective_parameters", "evaluate", "filter_normalize", "find_head", "fit_paraboloid", "grid_coordinates",
     "head_inputs", "hessian_vector_product", "hutchinson_trace", "landscape", "load_directions",
-    "override_parameters", "plot_slices", "plot_surface", "plot_trace_vs_temperature", "random_direction",
+    "override_parameters", "plot_scores", "plot_slices", "plot_surface", "plot_trace_vs_temperature", "random_direction",
     "save_directions", "softmax_curvature", "summarize_fits", "surface_1d", "surface_2d", "temperature_sweep",
     "top_eigenvalue",
 ]

@@ -1,7 +1,8 @@
 """PNG plots of surfaces and curvature, each with its data saved beside it so it can be redrawn.
 
 ``plot_surface`` writes ``NAME.png`` and ``NAME.npz`` (reload with :meth:`Surface2D.load`);
-``plot_slices`` and ``plot_trace_vs_temperature`` write ``NAME.png`` and ``NAME.json``. Redrawing is
+``plot_slices`` and ``plot_trace_vs_temperature`` write ``NAME.png`` and ``NAME.json``; ``plot_scores`` draws
+the codebook protocol's score against bits. Redrawing is
 calling the same function on the loaded data. Figures are drawn with ``matplotlib.figure.Figure``
 (no pyplot, so no display is needed and the caller's matplotlib backend is left alone).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -108,6 +110,39 @@ def plot_trace_vs_temperature(temperatures: Sequence[float], traces: Sequence[fl
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_scores(results: Sequence[Any], path: str | Path, *, fp32_score: float | None = None,
+                prior_score: float | None = None, title: str = "") -> Path:
+    """Score vs bits of the codebook protocol's results (``QuantizeFinetuneResult``), one colour per scheme: solid
+    after centroid fine-tuning, dashed before; PNG at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot(1, 1, 1)
+    schemes = list(dict.fromkeys(r.config["scheme"] for r in results))
+    colors = dict(zip(schemes, ["tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange"]))
+    for scheme in schemes:
+        rows = sorted((r for r in results if r.config["scheme"] == scheme), key=lambda r: r.config["bits"])
+        bits = [r.config["bits"] for r in rows]
+        ax.plot(bits, [r.score_before for r in rows], "--o", color=colors.get(scheme), alpha=0.55, markersize=4,
+                label=f"{scheme}, quantized")
+        ax.plot(bits, [r.score_after for r in rows], "-o", color=colors.get(scheme),
+                label=f"{scheme}, + centroid fine-tuning")
+    if fp32_score is not None:
+        ax.axhline(fp32_score, color="black", linewidth=1, label="FP32")
+    if prior_score is not None:
+        ax.axhline(prior_score, color="gray", linewidth=1, linestyle=":", label="label prior")
+    all_bits = sorted({r.config["bits"] for r in results})
+    ax.set_xticks(all_bits)
+    ax.set_xlabel("bits per weight")
+    ax.set_ylabel(results[0].main_metric if results else "score")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path

@@ -81,7 +81,8 @@ def _weights_only(args: argparse.Namespace) -> int:
 
     import fewbits
     from fewbits.models import load_model
-    from fewbits.protocols.codebook import choose_threads, quantization_error
+    from fewbits.protocols.codebook import quantization_error
+    from fewbits.train.threads import choose_threads
 
     choose_threads(args.threads)
     model, _ = load_model(args.model, num_labels=2)
@@ -119,15 +120,16 @@ def run(args: argparse.Namespace) -> int:
     _check(args)
     if args.weights_only:
         return _weights_only(args)
-    import copy
     import dataclasses
 
     from tqdm.auto import tqdm
 
     from fewbits.data import load_task
-    from fewbits.experiments.stages_common import prior_metrics
-    from fewbits.protocols.codebook import (QuantizeFinetuneConfig, QuantizeFinetuneResult, choose_threads, config_key, finetune_fp32, fp32_settings,
-                                  plot_scores, quantize_finetune)
+    from fewbits.protocols.common import prior_metrics
+    from fewbits.analysis.plots import plot_scores
+    from fewbits.protocols.codebook import (QuantizeFinetuneConfig, QuantizeFinetuneResult, config_key, finetune_fp32,
+                                            fp32_settings)
+    from fewbits.train.threads import choose_threads
     from fewbits.train import TrainConfig
     from fewbits._util.fs import write_text_atomic
 
@@ -154,17 +156,7 @@ def run(args: argparse.Namespace) -> int:
     for scheme, bits in bar:
         bar.set_postfix_str(f"{scheme} {bits}-bit")
         config = dataclasses.replace(base, scheme=scheme, bits=bits)
-        key = config_key({"fp32": fp32.key, "p1": config.to_dict()})
-        artifact_dir, record_path = out / f"{scheme}-{bits}bit", out / "cells" / f"{scheme}-{bits}bit.json"
-        record = None if args.fresh else _load_record(record_path)
-        if record is not None and record.get("key") == key and artifact_dir.is_dir():
-            results.append(QuantizeFinetuneResult.from_dict(record["result"]))
-            continue
-        result = quantize_finetune(copy.deepcopy(fp32.model), task, config, tokenizer=fp32.tokenizer,
-                                   artifact_dir=artifact_dir, progress=progress)
-        record_path.parent.mkdir(exist_ok=True)
-        write_text_atomic(record_path, json.dumps({"key": key, "result": result.to_dict()}, indent=2))
-        results.append(result)
+        results.append(run_cell(fp32, task, config, out, fresh=args.fresh, progress=progress))
     bar.close()
 
     prior = prior_metrics(task)[metric]
@@ -183,6 +175,28 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nwritten: {out / 'results.md'}, {out / 'results.json'}, {plot}; "
           f"this run took {summary['seconds'] / 60:.1f} min")
     return 0
+
+
+def run_cell(fp32: Any, task: Any, config: Any, out: Path, *, fresh: bool = False,
+             progress: bool = False) -> Any:
+    """One (scheme, bits) cell: the codebook protocol on a copy of the FP32 model, its artifact in
+    ``out/<scheme>-<bits>bit`` and its record in ``out/cells/``; a finished cell with the same settings is reused."""
+    import copy
+
+    from fewbits._util.fs import write_text_atomic
+    from fewbits.protocols.codebook import QuantizeFinetuneResult, config_key, quantize_finetune
+
+    key = config_key({"fp32": fp32.key, "p1": config.to_dict()})
+    name = f"{config.scheme}-{config.bits}bit"
+    artifact_dir, record_path = out / name, out / "cells" / f"{name}.json"
+    record = None if fresh else _load_record(record_path)
+    if record is not None and record.get("key") == key and artifact_dir.is_dir():
+        return QuantizeFinetuneResult.from_dict(record["result"])
+    result = quantize_finetune(copy.deepcopy(fp32.model), task, config, tokenizer=fp32.tokenizer,
+                               artifact_dir=artifact_dir, progress=progress)
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(record_path, json.dumps({"key": key, "result": result.to_dict()}, indent=2))
+    return result
 
 
 def _settings_line(settings: dict[str, Any]) -> str:
@@ -208,7 +222,7 @@ def results_markdown(summary: dict[str, Any]) -> str:
              "ratio to FP32 |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
-        art = r.artifact or {}
+        art = r.sizes
         size = f"{art['artifact_bytes'] / 2**20:.2f} MiB" if art else "-"
         lines.append(f"| {r.config['scheme']} | {r.config['bits']} | {100 * r.score_before:.1f} | "
                      f"{100 * r.score_after:.1f} | {r.relative_error:.3g} | {size} | "
@@ -222,7 +236,7 @@ def results_markdown(summary: dict[str, Any]) -> str:
             verdicts.append(f"{bits}-bit {'yes' if gap > 0 else 'no'} ({gap:+.1f} pts)")
     if verdicts:
         lines += ["", "linear < kmeans after centroid fine-tuning (P1's claim): " + "; ".join(verdicts) + "."]
-    fp32_bytes = next((r.artifact["fp32_bytes"] for r in results if r.artifact), None)
+    fp32_bytes = next((r.sizes["fp32_bytes"] for r in results if r.sizes), None)
     if fp32_bytes:
         lines.append(f"FP32 size {fp32_bytes / 2**20:.1f} MiB (every value at 4 bytes).")
     return "\n".join(lines)

@@ -4,7 +4,7 @@ The base (a fewbits.save directory, FP32 or quantized; a model directory; or "mi
 changed: the command trains real-valued scores (mask = scores > 0, straight-through gradient) and a
 fresh dense head, prints the kept fraction after every epoch, and writes to --out ONLY the masks
 (bit-packed or entropy-coded, whichever is smaller per layer) and the head, tied to the base by its
-checksum. Load the result with fewbits.load(OUT, base=BASE). The score learning rate is
+checksum. Load the result with fewbits.load(OUT, base=BASE). --record FILE also writes the run's record. The score learning rate is
 the sensitive setting: if the kept fraction falls fast and accuracy drops to the label prior,
 lower --score-lr or raise --margin.
 """
@@ -12,6 +12,8 @@ lower --score-lr or raise --margin.
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from fewbits.errors import FewbitsValueError
 
@@ -41,14 +43,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="layers to mask: names or name suffixes (default: embeddings and fully connected "
                         "layers, not the head)")
     parser.add_argument("--exclude", nargs="+", default=None, metavar="NAME", help="layers never masked")
+    parser.add_argument("--record", default=None, metavar="FILE",
+                        help="also write the run's record (metrics, kept fractions, sizes; the schema of the sweep's "
+                        "mask stage) as JSON to FILE")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
+    from fewbits._util.fs import write_text_atomic
     from fewbits.data import load_task
     from fewbits.commands.info import format_mask_summary
     from fewbits.io import describe
-    from fewbits.protocols.mask import MaskConfig, load_base, mask_settings, save_mask, train_mask
+    from fewbits.protocols.mask import MaskConfig, load_base, run_mask
     from fewbits.train import TrainConfig
 
     config = MaskConfig(score_lr=args.score_lr, margin=args.margin, init_sparsity=args.init_sparsity,
@@ -67,10 +73,10 @@ def run(args: argparse.Namespace) -> int:
 
         tqdm.write(f"epoch {epoch}: kept fraction {kept:.4f} (sparsity {100 * (1 - kept):.2f}%)")
 
-    result = train_mask(base.model, task, config, train_config, tokenizer=base.tokenizer, on_epoch=report)
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.train.metrics.items())
+    record = run_mask(base, task, config, train_config, out_dir=args.out, on_epoch=report)
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in record.metrics.items())
     print(f"{task.eval_split}: {metrics}")
-    info = {**mask_settings(config, train_config), "metrics": result.train.metrics, "kept": result.kept}
-    out = save_mask(base.model, args.out, base, task=task, info=info)
-    print(format_mask_summary(describe(out), max_layers=10))
+    print(format_mask_summary(describe(args.out), max_layers=10))
+    if args.record is not None:
+        write_text_atomic(Path(args.record), json.dumps(record.to_dict(), indent=2) + "\n")
     return 0

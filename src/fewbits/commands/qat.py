@@ -98,15 +98,17 @@ def run(args: argparse.Namespace) -> int:
 
     from fewbits.data import load_task
     from fewbits.loading import load_any
+    from fewbits.methods.qat import QATConfig, RegularizerConfig
     from fewbits.models.defaults import training_defaults
-    from fewbits.methods.qat import RegularizerConfig, prepare_qat
-    from fewbits.protocols.qat import export_qat, load_ste_checkpoint, run_second_phase, run_ste_phase, ste_phase_done
+    from fewbits.protocols.qat import second_phase, ste_phase, ste_phase_done
     from fewbits.train import TrainConfig
 
     _check(args)
     phase = RegularizerConfig(method=args.method, lam=args.lam, temperature=args.temperature, t2_scaling=not args.no_t2,
-                        fisher=args.fisher, fisher_normalize=args.fisher_normalize,
-                        true_fisher_examples=args.true_fisher_examples)
+                              fisher=args.fisher, fisher_normalize=args.fisher_normalize,
+                              true_fisher_examples=args.true_fisher_examples)
+    qat = QATConfig(args.wbits, args.abits, per_channel=not args.per_tensor, symmetric=not args.asymmetric,
+                    keep_first_last=not args.quantize_first_last)
     task = load_task(args.task, args.data_dir)
     out = Path(args.out)
     started = time.perf_counter()
@@ -135,28 +137,22 @@ def run(args: argparse.Namespace) -> int:
                      "method": args.method}
     ste_dir = Path(args.ste_checkpoint) if args.ste_checkpoint else out / STE_DIR
     if args.ste_checkpoint is None and not (args.resume and ste_phase_done(ste_dir)):
-        spec = prepare_qat(model, args.wbits, args.abits, keep_first_last=not args.quantize_first_last,
-                           per_channel=not args.per_tensor, symmetric=not args.asymmetric)
-        first = run_ste_phase(model, task, config(args.ste_epochs, "ste_epochs", ste_dir), spec, tokenizer=tokenizer,
-                              bias_correction=not args.no_bias_correction)
-        summary["ste_phase"] = {"metrics": first.metrics, "steps": first.step}
+        first = ste_phase(model, task, config(args.ste_epochs, "ste_epochs", ste_dir), qat, tokenizer=tokenizer,
+                          bias_correction=not args.no_bias_correction)
+        summary["ste_phase"] = first.to_dict()
         model, tokenizer = fresh_model()
-    spec, fisher = load_ste_checkpoint(model, ste_dir)
-    if (spec.wbits, spec.abits) != (args.wbits, args.abits):
-        from fewbits.errors import FewbitsValueError
-
-        raise FewbitsValueError(f"--ste-checkpoint {str(ste_dir)!r} was trained at W{spec.wbits}/A{spec.abits}, not "
-                                f"W{args.wbits}/A{args.abits}; give matching --wbits/--abits.")
-    second = run_second_phase(model, task, config(args.epochs, "epochs", out), spec, phase, fisher=fisher,
-                              teacher=teacher, tokenizer=tokenizer)
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
-        return 0  # one process saves and reports
-    artifact = export_qat(model, out / MODEL_DIR, spec, tokenizer=tokenizer)
-    summary.update({"ste_checkpoint": str(ste_dir), "second_phase": {"metrics": second.metrics, "steps": second.step,
-                    "best_metric": second.best_metric, "best_step": second.best_step},
-                    "artifact": str(artifact), "seconds": time.perf_counter() - started})
+    main = not (torch.distributed.is_available() and torch.distributed.is_initialized()
+                and torch.distributed.get_rank())  # one process saves and reports
+    artifact = out / MODEL_DIR
+    second = second_phase(model, task, config(args.epochs, "epochs", out), ste_dir, phase, teacher=teacher,
+                          tokenizer=tokenizer, export_dir=artifact if main else None,
+                          expect_bits=(args.wbits, args.abits))
+    if not main:
+        return 0
+    summary.update({"ste_checkpoint": str(ste_dir), "second_phase": second.to_dict(), "artifact": str(artifact),
+                    "seconds": time.perf_counter() - started})
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     shown = ", ".join(f"{k} {v:.4f}" for k, v in second.metrics.items())
-    print(f"{task.name} {task.eval_split} W{args.wbits}/A{args.abits} {args.method}: {shown} after {second.step} "
+    print(f"{task.name} {task.eval_split} W{args.wbits}/A{args.abits} {args.method}: {shown} after {second.steps} "
           f"steps ({summary['seconds']:.0f} s); artifact saved to {artifact}")
     return 0

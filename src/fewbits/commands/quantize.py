@@ -69,8 +69,8 @@ def _family(model: str) -> str:
 def run(args: argparse.Namespace) -> int:
     """Check the settings, get the FP32 model, run the pipeline, save and print the result."""
     from fewbits.data import load_task
-    from fewbits.protocols.codebook import (QuantizeFinetuneConfig, artifact_sizes, choose_threads, finetune_fp32, load_fp32,
-                                  quantize_finetune)
+    from fewbits.protocols.codebook import QuantizeFinetuneConfig, finetune_fp32, load_fp32, quantize_finetune
+    from fewbits.train.threads import choose_threads
     from fewbits.models.defaults import training_defaults
     from fewbits.train import TrainConfig, evaluate
 
@@ -109,10 +109,10 @@ def run(args: argparse.Namespace) -> int:
               "fp32": fp32_metrics, **result.to_dict()}
     (out / "result.json").write_text(json.dumps(record, indent=2) + "\n")
 
-    metric, art = task.main_metric, artifact_sizes(out / "artifact")
+    metric, art = task.main_metric, result.sizes
     print(f"{task.name} {task.eval_split} {metric}: FP32 {fp32_metrics[metric]:.4f} | {args.scheme} {args.bits}-bit "
           f"quantized {result.score_before:.4f} -> {result.score_after:.4f} after {result.steps} centroid "
           f"fine-tuning steps (relative weight error {result.relative_error:.3g})")
-    print(f"artifact {art['path']}: {art['artifact_bytes'] / 2**20:.2f} MiB, {art['bits_per_weight']:.3f} bits per weight, "
+    print(f"artifact {out / 'artifact'}: {art['artifact_bytes'] / 2**20:.2f} MiB, {art['bits_per_weight']:.3f} bits per weight, "
           f"{art['ratio_to_fp32']:.2f}x smaller than FP32 ({art['fp32_bytes'] / 2**20:.2f} MiB)")
     return 0

@@ -1,4 +1,4 @@
-"""What every training stage shares (TrainConfig from parameters, task loading, evaluation, label prior),
+"""What every training stage shares (TrainConfig from parameters, task loading, evaluation),
 and the ``finetune`` stage that starts every pipeline."""
 
 from __future__ import annotations
@@ -97,23 +97,6 @@ def evaluate_all(model: Any, task: Any, tokenizer: Any, ctx: StageContext,
     return record
 
 
-def prior_metrics(task: Any) -> dict[str, float]:
-    """The metrics of always predicting the training split's most frequent class (regression: its mean).
-
-    The "label prior" a collapsed model falls to (P1's linear CoLA/MRPC, P3's 2-bit masks).
-    """
-    import numpy as np
-
-    train = np.array([ex["label"] for ex in task.splits["train"]])
-    labels = np.array([ex["label"] for ex in task.splits[task.eval_split]])
-    if task.is_regression:
-        predictions = np.full(len(labels), float(train.mean()))
-    else:
-        values, counts = np.unique(train, return_counts=True)
-        predictions = np.full(len(labels), int(values[counts.argmax()]))
-    return {k: float(v) for k, v in task.compute_metrics(predictions, labels).items()}
-
-
 def drop_checkpoints(out_dir: Any) -> None:
     """Delete a finished training's checkpoints (its metrics.jsonl stays): a run folder keeps records, not weights."""
     from fewbits.train.checkpoint import checkpoint_root
@@ -145,6 +128,7 @@ class Finetune(Stage):
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         from fewbits.models import save_model
+        from fewbits.protocols.common import prior_metrics
         from fewbits.train import train
 
         task = load_task(ctx)

@@ -14,7 +14,7 @@ from typing import Any
 from fewbits.errors import bad_param
 from fewbits.experiments.base import Stage, StageContext
 from fewbits.experiments.stages_common import (TRAIN_DEFAULTS, check_method_config, check_train, drop_checkpoints,
-                                               evaluate_all, load_task, prior_metrics, train_config, train_record)
+                                               load_task, train_config)
 
 BASE_DIR = "base"
 
@@ -73,7 +73,7 @@ def _mask_config(params: dict[str, Any]) -> Any:
 
 class Mask(Stage):
     """Learn the task's mask over the frozen shared base (scores at ``score_lr``, head at ``head_lr`` or the
-    training lr); records the metrics, the label prior's metrics, the kept fraction and the mask's bytes."""
+    training lr): the mask protocol (``fewbits.protocols.mask.run_mask``) and its record."""
 
     kind = "mask"
     uses = {"task": None, "seed": 0}
@@ -89,26 +89,15 @@ class Mask(Stage):
         check_method_config(cls.kind, lambda: _mask_config(params))
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        from fewbits.io import describe
-        from fewbits.protocols.mask import load_base, save_mask, train_mask
+        from fewbits.protocols.mask import load_base, run_mask
 
-        p = ctx.params
         task = load_task(ctx)
         base = load_base(ctx.outputs["base"].dir / BASE_DIR, task, seed=ctx.config.get("seed", 0))
-        config = _mask_config(p)
-        out = ctx.out_dir / "train"
-        result = train_mask(base.model, task, config, train_config(ctx, out), tokenizer=base.tokenizer)
+        out, directory = ctx.out_dir / "train", ctx.out_dir / "mask"
+        record = run_mask(base, task, _mask_config(ctx.params), train_config(ctx, out),
+                          out_dir=directory if ctx.is_main else None)
         drop_checkpoints(out)
-        record = {**train_record(result.train, task), **evaluate_all(base.model, task, base.tokenizer, ctx,
-                                                               result.train.metrics),
-                  "prior_metrics": prior_metrics(task), "kept": result.kept, "masked_layers": len(result.layers)}
-        if ctx.is_main:
-            directory = save_mask(base.model, ctx.out_dir / "mask", base, task=task)
-            summary = describe(directory)
-            record["sizes"] = {"mask_bytes": _bytes(directory), "mask_only_bytes": summary.mask_bytes,
-                               "mask_bits_per_weight": summary.mask_bits_per_weight,
-                               "masked_weights": summary.weights}
-            if not ctx.env.get("keep_artifacts"):
-                shutil.rmtree(directory)
+        if ctx.is_main and not ctx.env.get("keep_artifacts"):
+            shutil.rmtree(directory)
         ctx.state.update(model=base.model, tokenizer=base.tokenizer, task=task)
-        return record
+        return record.to_dict()

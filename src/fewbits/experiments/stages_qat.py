@@ -13,7 +13,7 @@ from typing import Any
 from fewbits.errors import bad_param
 from fewbits.experiments.base import Stage, StageContext
 from fewbits.experiments.stages_common import (TRAIN_DEFAULTS, check_method_config, check_train, drop_checkpoints,
-                                               load_task, seeded_model, train_config, train_record)
+                                               load_task, seeded_model, train_config)
 
 QAT_TRAIN_DEFAULTS = {**TRAIN_DEFAULTS, "lr": 1e-3, "weight_decay": 0.0, "warmup_ratio": 0.0, "batch_size": 64,
                       "epochs": 10}
@@ -32,11 +32,7 @@ class STE(Stage):
     @classmethod
     def check(cls, params: dict[str, Any], config: dict[str, Any]) -> None:
         check_train(cls.kind, params)
-        from fewbits.methods.qat import QATConfig
-
-        check_method_config(cls.kind, lambda: QATConfig(
-            wbits=params["wbits"], abits=params["abits"], per_channel=params["per_channel"],
-            symmetric=params["symmetric"], keep_first_last=params["keep_first_last"]))
+        check_method_config(cls.kind, lambda: _qat_config(params))
         if params["init"] not in ("finetune", "scratch"):
             raise bad_param("ste.init", "'finetune' or 'scratch'", params["init"], cls.kind)
         if params["init"] == "finetune" and "finetune" not in config["pipeline"]:
@@ -44,8 +40,7 @@ class STE(Stage):
                             config["pipeline"], cls.kind)
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        from fewbits.methods.qat import prepare_qat
-        from fewbits.protocols.qat import run_ste_phase
+        from fewbits.protocols.qat import ste_phase
 
         p = ctx.params
         task = load_task(ctx)
@@ -54,11 +49,16 @@ class STE(Stage):
             model, tokenizer = seeded_model(ctx, source, task, new_head=False)
         else:
             model, tokenizer = seeded_model(ctx, ctx.config["model"], task)
-        spec = prepare_qat(model, p["wbits"], p["abits"], keep_first_last=p["keep_first_last"],
-                           per_channel=p["per_channel"], symmetric=p["symmetric"])
-        result = run_ste_phase(model, task, train_config(ctx, ctx.out_dir), spec, tokenizer=tokenizer,
-                               bias_correction=p["bias_correction"])
-        return {**train_record(result, task), "quantized_layers": len(spec.layers)}
+        return ste_phase(model, task, train_config(ctx, ctx.out_dir), _qat_config(p), tokenizer=tokenizer,
+                         bias_correction=p["bias_correction"]).to_dict()
+
+
+def _qat_config(params: dict[str, Any]) -> Any:
+    """The stage's settings as the QAT method's QATConfig (validated there)."""
+    from fewbits.methods.qat import QATConfig
+
+    return QATConfig(wbits=params["wbits"], abits=params["abits"], per_channel=params["per_channel"],
+                     symmetric=params["symmetric"], keep_first_last=params["keep_first_last"])
 
 
 def load_ste(ctx: StageContext) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
@@ -99,28 +99,23 @@ class Regularize(Stage):
     def run(self, ctx: StageContext) -> dict[str, Any]:
         import shutil
 
-        from fewbits.io.summary import describe
         from fewbits.models import load_model
-        from fewbits.protocols.qat import export_qat, run_second_phase
+        from fewbits.protocols.qat import second_phase
 
         p = ctx.params
-        model, tokenizer, task, spec, fisher = load_ste(ctx)
+        task = load_task(ctx)
+        model, tokenizer = seeded_model(ctx, ctx.config["model"], task)
         teacher = None
         if p["method"] == "kd":
             teacher, _ = load_model(ctx.outputs["finetune"].dir / "model", task, new_head=False)
-        phase = _regularizer(p)
-        out = ctx.out_dir / "train"
-        result = run_second_phase(model, task, train_config(ctx, out), spec, phase, fisher=fisher, teacher=teacher,
-                                  tokenizer=tokenizer)
+        out, artifact = ctx.out_dir / "train", ctx.out_dir / "artifact"
+        record = second_phase(model, task, train_config(ctx, out), ctx.outputs["ste"].dir, _regularizer(p),
+                              teacher=teacher, tokenizer=tokenizer, export_dir=artifact if ctx.is_main else None)
         drop_checkpoints(out)
-        record = {**train_record(result, task), "wbits": spec.wbits, "abits": spec.abits}
-        if ctx.is_main:
-            artifact = export_qat(model, ctx.out_dir / "artifact", spec, tokenizer=tokenizer)
-            record["sizes"] = describe(artifact).sizes()
-            if not ctx.env.get("keep_artifacts"):
-                shutil.rmtree(artifact)
+        if ctx.is_main and not ctx.env.get("keep_artifacts"):
+            shutil.rmtree(artifact)
         ctx.state.update(model=model, tokenizer=tokenizer, task=task)
-        return record
+        return record.to_dict()
 
 
 class Landscape(Stage):

@@ -12,12 +12,11 @@ from typing import Any
 
 from fewbits.errors import bad_param
 from fewbits.experiments.base import Stage, StageContext
-from fewbits.experiments.stages_common import (TRAIN_DEFAULTS, check_method_config, check_train, drop_checkpoints, evaluate_all, finetuned,
-                                               train_config, train_record)
+from fewbits.experiments.stages_common import TRAIN_DEFAULTS, check_method_config, check_train, drop_checkpoints, finetuned
 
 class Quantize(Stage):
-    """``fewbits.compress(model, scheme, bits, groups=...)`` on the fine-tuned model (seeded by the run's seed);
-    records the quantization error and the metrics before any fine-tuning."""
+    """Step 1 of the codebook protocol (``fewbits.protocols.codebook.quantize_and_evaluate``) on the fine-tuned
+    model, seeded by the run's seed: records the quantization error and the metrics before any fine-tuning."""
 
     kind = "quantize"
     uses = {"seed": 0}
@@ -36,39 +35,33 @@ class Quantize(Stage):
             raise bad_param("quantize.groups", "an int >= 0 (0: one codebook per tensor)", params["groups"], cls.kind)
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        import fewbits
+        from fewbits.protocols.codebook import quantize_and_evaluate
 
         model, tokenizer, task = finetuned(ctx)
-        p = ctx.params
-        extra = {"max_iter": p["max_iter"] or None} if p["scheme"] == "kmeans" else {}
-        reports = fewbits.compress(model, p["scheme"], p["bits"], groups=p["groups"] or None,
-                                   seed=ctx.config.get("seed", 0), **extra)
-        ctx.state.update(model=model, tokenizer=tokenizer, task=task)
-        squared = sum(r.squared_error for r in reports)
-        energy = sum(r.squared_error / r.relative_error for r in reports if r.relative_error > 0)
-        return {"layers": len(reports), "squared_error": squared,
-                "relative_error": squared / energy if energy > 0 else 0.0,
-                **evaluate_all(model, task, tokenizer, ctx)}
+        quantized = quantize_and_evaluate(model, task, codebook_config(ctx), tokenizer=tokenizer)
+        ctx.state.update(model=model, tokenizer=tokenizer, task=task, quantized=quantized)
+        return quantized.to_dict()
 
 
-def measure_artifact(model: Any, tokenizer: Any, ctx: StageContext) -> dict[str, Any]:
-    """Save the model as a fewbits artifact and account for its bytes (deleted unless env keep_artifacts)."""
-    import fewbits
-    from fewbits.io.summary import describe
+def codebook_config(ctx: StageContext) -> Any:
+    """The codebook protocol's settings of this run: ``quantize``'s scheme, bits, groups and Lloyd iterations, the
+    run's seed, and ``finetune_quantized``'s training settings (its defaults when the pipeline has none)."""
+    from fewbits.protocols.codebook import QuantizeFinetuneConfig
 
-    if not ctx.is_main:
-        return {}
-    directory = ctx.out_dir / "artifact"
-    fewbits.save(model, directory, tokenizer=tokenizer)
-    sizes = describe(directory).sizes()
-    if not ctx.env.get("keep_artifacts"):
-        shutil.rmtree(directory)
-    return sizes
+    q = ctx.config["quantize"]
+    t = ctx.config.get("finetune_quantized", FinetuneQuantized.defaults)
+    return QuantizeFinetuneConfig(
+        scheme=q["scheme"], bits=q["bits"], groups=q["groups"] or None, max_iter=q["max_iter"] or None,
+        seed=ctx.config.get("seed", 0), epochs=t["epochs"], max_steps=t["max_steps"] or None,
+        batch_size=t["batch_size"], lr=t["lr"], quantized_lr_scale=t["quantized_lr_scale"],
+        weight_decay=t["weight_decay"], warmup_ratio=t["warmup_ratio"], max_length=t["max_length"],
+        eval_batch_size=ctx.env["eval_batch_size"], max_grad_norm=t["max_grad_norm"] or None)
 
 
 class FinetuneQuantized(Stage):
-    """Train the quantized model: codebooks at ``lr * quantized_lr_scale`` (P1: 5e-4 vs 5e-5), codes frozen;
-    ``epochs = 0`` only evaluates. Records the metrics and the artifact's true size."""
+    """Step 2 of the codebook protocol (``fewbits.protocols.codebook.finetune_codebooks``): codebooks at
+    ``lr * quantized_lr_scale`` (P1: 5e-4 vs 5e-5), codes frozen; ``epochs = 0`` only evaluates. Records the
+    protocol's whole record (metrics before and after, errors, the artifact's true size)."""
 
     kind = "finetune_quantized"
     defaults = {**TRAIN_DEFAULTS, "quantized_lr_scale": 10.0}
@@ -83,19 +76,15 @@ class FinetuneQuantized(Stage):
             raise bad_param("pipeline", "a 'quantize' stage before 'finetune_quantized'", config["pipeline"], cls.kind)
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        from fewbits.methods.codebook import param_groups
-        from fewbits.train import train
+        from fewbits.protocols.codebook import finetune_codebooks
 
         model, tokenizer, task = ctx.state["model"], ctx.state["tokenizer"], ctx.state["task"]
-        p = ctx.params
-        record: dict[str, Any] = {}
-        if p["epochs"] > 0:
-            groups = lambda m: param_groups(m, p["lr"], p["quantized_lr_scale"], p["weight_decay"])  # noqa: E731
-            result = train(model, task, train_config(ctx, ctx.out_dir / "train"), tokenizer=tokenizer,
-                           param_groups=groups)
-            record.update(train_record(result, task))
-            drop_checkpoints(ctx.out_dir / "train")
-        record.update(evaluate_all(model, task, tokenizer, ctx, record.get("metrics")))
-        record["sizes"] = measure_artifact(model, tokenizer, ctx)
+        artifact = ctx.out_dir / "artifact"
+        result = finetune_codebooks(model, task, codebook_config(ctx), ctx.state["quantized"], tokenizer=tokenizer,
+                                    artifact_dir=artifact if ctx.is_main else None, train_dir=ctx.out_dir / "train",
+                                    num_workers=ctx.env["num_workers"], progress=bool(ctx.env["progress"]))
+        drop_checkpoints(ctx.out_dir / "train")
+        if ctx.is_main and not ctx.env.get("keep_artifacts"):
+            shutil.rmtree(artifact)
         ctx.state.update(model=model, tokenizer=tokenizer, task=task)
-        return record
+        return result.to_dict()

@@ -8,7 +8,7 @@ The protocol of Zhao et al. (linear vs k-means quantization of BERT), shared by 
     model = copy.deepcopy(fp32.model)  # quantize a copy, keep the FP32 model
     result = quantize_finetune(model, task, QuantizeFinetuneConfig("kmeans", bits=2, max_length=16),
                                tokenizer=fp32.tokenizer, artifact_dir="out/kmeans-2bit")
-    print(result.before, result.after, result.artifact["ratio_to_fp32"])
+    print(result.before, result.metrics, result.sizes["ratio_to_fp32"])
 
 Centroid fine-tuning is P1's: codes frozen, each centroid's gradient the mean of its members' gradients
 (:class:`fewbits.nn.Codebook`), codebooks at ``quantized_lr_scale`` (10x) the base learning rate, every
@@ -21,7 +21,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -36,6 +35,7 @@ from fewbits._util.fs import config_hash, write_text_atomic
 from fewbits.io import describe, save
 from fewbits.methods.codebook import LayerReport, compress, param_groups
 from fewbits.models import load_model, save_model
+from fewbits.protocols.common import TrainedRecord, other_split_metrics, trained_fields
 from fewbits.quantize import SCHEMES
 from fewbits.train import TrainConfig, evaluate, train
 from fewbits.train.checkpoint import checkpoint_root
@@ -49,20 +49,6 @@ log = logging.getLogger(__name__)
 
 OLD_SIZE_KEYS = {"bytes": "artifact_bytes", "ratio": "ratio_to_fp32"}  # the size record before issue 14
 FP32_RECORD = "fp32.json"  # written beside a cached FP32 fine-tune: its key, settings and metrics
-
-
-def choose_threads(requested: int = 0) -> int:
-    """Set torch's CPU threads: ``requested`` if > 0, else as many cores as the load average leaves idle (>= 1).
-
-    On a shared machine one thread is several times faster than two that wait on each other
-    (MiniLM-L6 training step on 2 busy cores: 0.95 s with one thread, 4.5 s with two).
-    """
-    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
-        raise bad_param("threads", "an int >= 0 (0: choose from the load)", requested, "choose_threads")
-    cores = os.cpu_count() or 1
-    threads = requested or max(1, min(cores, int(cores - os.getloadavg()[0] + 0.5)))
-    torch.set_num_threads(threads)
-    return threads
 
 
 def config_key(config: Mapping[str, Any]) -> str:
@@ -88,6 +74,7 @@ class QuantizeFinetuneConfig:
     warmup_ratio: float = 0.1
     max_length: int = 128  # tokens per text input, in training and evaluation
     eval_batch_size: int = 256
+    max_grad_norm: float | None = 1.0  # gradient-norm clip of the centroid fine-tuning (None: none)
 
     def __post_init__(self) -> None:
 
@@ -107,11 +94,14 @@ class QuantizeFinetuneConfig:
             raise bad_param("quantized_lr_scale", "a finite number > 0", self.quantized_lr_scale, "QuantizeFinetuneConfig")
         self.train_config()  # TrainConfig validates the remaining training fields
 
-    def train_config(self, progress: bool = False) -> TrainConfig:
-        """The TrainConfig of the centroid fine-tuning (nothing on disk)."""
+    def train_config(self, progress: bool = False, out_dir: str | Path | None = None,
+                     num_workers: int = 0) -> TrainConfig:
+        """The TrainConfig of the centroid fine-tuning (checkpoints in ``out_dir``, resumed from there; None: none)."""
         return TrainConfig(epochs=max(1, self.epochs), batch_size=self.batch_size, eval_batch_size=self.eval_batch_size,
                            lr=self.lr, weight_decay=self.weight_decay, warmup_ratio=self.warmup_ratio,
-                           seed=self.seed, max_length=self.max_length, max_steps=self.max_steps, progress=progress)
+                           max_grad_norm=self.max_grad_norm, seed=self.seed, max_length=self.max_length,
+                           max_steps=self.max_steps, out_dir=out_dir, resume=out_dir is not None,
+                           num_workers=num_workers, progress=progress)
 
     def scheme_kw(self) -> dict[str, Any]:
         """Keywords for the scheme beyond bits/groups/seed (k-means' Lloyd iterations)."""
@@ -122,23 +112,27 @@ class QuantizeFinetuneConfig:
 
 
 @dataclass
-class QuantizeFinetuneResult:
-    """One quantized model: scores before and after centroid fine-tuning, quantization error, artifact sizes.
+class QuantizeFinetuneResult(TrainedRecord):
+    """The record of the codebook protocol: the one schema that ``fewbits quantize``, ``fewbits demo`` and the
+    sweep's ``finetune_quantized`` stage write.
 
-    ``before``/``after``: the task's metrics on its evaluation split (``main_metric`` names the headline one).
-    ``relative_error``: ``sum((w - w_hat)**2) / sum(w**2)`` over every compressed weight, at quantization.
-    ``artifact``: path, bytes on disk, FP32 bytes, true bits per weight, ratio to FP32 (None when not saved).
+    ``before``/``metrics``: the task's metrics on ``split`` right after quantization and after centroid
+    fine-tuning (``main_metric`` names the headline one); ``other_split_metrics``: the task's other dev splits
+    at the end. ``relative_error``: ``sum((w - w_hat)**2) / sum(w**2)`` over every compressed weight, at
+    quantization (``squared_error`` the numerator). ``sizes``: the saved artifact's
+    (``ArtifactSummary.sizes``: ``artifact_bytes``, ``ratio_to_fp32``, ...; empty when not saved).
+    ``seconds``: per step (timings).
     """
 
     config: dict[str, Any]
-    main_metric: str
     before: dict[str, float]
-    after: dict[str, float]
-    steps: int
     layers: int
     compressed_weights: int
+    squared_error: float
     relative_error: float
-    artifact: dict[str, Any] | None
+    other_split_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    sizes: dict[str, Any] = field(default_factory=dict)
+    train_examples_per_s: float = 0.0
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -147,19 +141,40 @@ class QuantizeFinetuneResult:
 
     @property
     def score_after(self) -> float:
-        return self.after[self.main_metric]
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.metrics[self.main_metric]
 
     @classmethod
     def from_dict(cls, record: Mapping[str, Any]) -> QuantizeFinetuneResult:
-        """Inverse of :meth:`to_dict`; records written before the one size schema (``bytes``, ``ratio``) are read too."""
-        artifact = record.get("artifact")
-        if isinstance(artifact, dict) and "bytes" in artifact:
-            artifact = {OLD_SIZE_KEYS.get(k, k): v for k, v in artifact.items()}
-            record = {**record, "artifact": artifact}
-        return cls(**{f.name: record[f.name] for f in dataclasses.fields(cls)})
+        """Inverse of :meth:`to_dict`; records written before the one schema (``after``, ``artifact`` with ``bytes``
+        and ``ratio``; no ``split``, best step or squared error) are read too, their missing fields None."""
+        record = dict(record)
+        if "after" in record:
+            record["metrics"] = record.pop("after")
+        if "artifact" in record:
+            artifact = record.pop("artifact") or {}
+            record["sizes"] = {OLD_SIZE_KEYS.get(k, k): v for k, v in artifact.items() if k != "path"}
+        return cls(**{f.name: record.get(f.name) for f in dataclasses.fields(cls)
+                      if f.name in record or f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING})
+
+
+@dataclass
+class Quantized:
+    """Step 1 of the protocol done: what quantizing the model measured (the start of its record)."""
+
+    layers: int
+    compressed_weights: int
+    squared_error: float
+    relative_error: float
+    main_metric: str
+    split: str
+    before: dict[str, float]
+    seconds: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The sweep's ``quantize`` stage record (``metrics``: the scores before any fine-tuning)."""
+        record = dataclasses.asdict(self)
+        record["metrics"] = record.pop("before")
+        return record
 
 
 def quantization_error(reports: Sequence[LayerReport]) -> tuple[float, float]:
@@ -167,12 +182,6 @@ def quantization_error(reports: Sequence[LayerReport]) -> tuple[float, float]:
     squared = sum(r.squared_error for r in reports)
     energy = sum(r.squared_error / r.relative_error for r in reports if r.relative_error > 0)
     return squared, squared / energy if energy > 0 else 0.0
-
-
-def artifact_sizes(directory: str | Path) -> dict[str, Any]:
-    """What an artifact truly costs (``ArtifactSummary.sizes``): bytes on disk (headers included), theory, FP32,
-    bits per weight, ratio to FP32."""
-    return {"path": str(directory), **describe(directory).sizes()}
 
 
 def eval_sorted(task: Task, tokenizer: Any, max_length: int = 128) -> Task:
@@ -199,46 +208,71 @@ def _evaluate(model: nn.Module, task: Task, tokenizer: Any, config: QuantizeFine
     return evaluate(model, task, tokenizer=tokenizer, batch_size=config.eval_batch_size, max_length=config.max_length)
 
 
-def quantize_finetune(model: nn.Module, task: Task, config: QuantizeFinetuneConfig, *, tokenizer: Any = None,
-                      artifact_dir: str | Path | None = None, progress: bool = False) -> QuantizeFinetuneResult:
-    """Run P1 on a fine-tuned FP32 ``model`` IN PLACE: quantize, evaluate, fine-tune the codebooks, evaluate, save.
-
-    Every embedding and fully connected weight except the task head is quantized (``fewbits.compress``'s
-    default targets). With ``config.epochs == 0`` nothing is trained (``after`` equals ``before``). The
-    artifact (``fewbits.save``, with ``tokenizer``) goes to ``artifact_dir`` when given.
-    Example: ``quantize_finetune(model, task, QuantizeFinetuneConfig("linear", 2), tokenizer=tok, artifact_dir="out/lin2")``.
-    """
+def quantize_and_evaluate(model: nn.Module, task: Task, config: QuantizeFinetuneConfig, *, tokenizer: Any = None,
+                          progress: bool = False) -> Quantized:
+    """Protocol step 1, IN PLACE: quantize every embedding and fully connected weight except the task head
+    (``fewbits.compress``'s default targets) and evaluate the quantized model."""
     if not isinstance(config, QuantizeFinetuneConfig):
         raise bad_param("config", "a QuantizeFinetuneConfig", type(config).__name__, "quantize_finetune")
-    task = eval_sorted(task, tokenizer, config.max_length)
-    seconds: dict[str, float] = {}
     tick = time.perf_counter()
     reports = compress(model, config.scheme, config.bits, groups=config.groups, seed=config.seed,
-                               progress=progress, **config.scheme_kw())
-    _, relative = quantization_error(reports)
-    seconds["quantize"] = time.perf_counter() - tick
-
+                       progress=progress, **config.scheme_kw())
+    squared, relative = quantization_error(reports)
+    seconds = {"quantize": time.perf_counter() - tick}
     tick = time.perf_counter()
-    before = _evaluate(model, task, tokenizer, config)
+    before = _evaluate(model, eval_sorted(task, tokenizer, config.max_length), tokenizer, config)
     seconds["evaluate"] = time.perf_counter() - tick
-    after, steps = before, 0
+    return Quantized(layers=len(reports), compressed_weights=sum(math.prod(r.shape) for r in reports),
+                     squared_error=squared, relative_error=relative, main_metric=task.main_metric,
+                     split=task.eval_split, before=before, seconds=seconds)
+
+
+def finetune_codebooks(model: nn.Module, task: Task, config: QuantizeFinetuneConfig, quantized: Quantized, *,
+                       tokenizer: Any = None, artifact_dir: str | Path | None = None,
+                       train_dir: str | Path | None = None, num_workers: int = 0,
+                       progress: bool = False) -> QuantizeFinetuneResult:
+    """Protocol step 2, IN PLACE: fine-tune the codebooks of the model ``quantized`` describes, evaluate, save.
+
+    With ``config.epochs == 0`` nothing is trained (``metrics`` equals ``before``). The artifact
+    (``fewbits.save``, with ``tokenizer``) goes to ``artifact_dir`` when given; ``train_dir`` keeps the
+    fine-tuning's checkpoints (an interrupted run resumes from them).
+    """
+    task = eval_sorted(task, tokenizer, config.max_length)
+    seconds = dict(quantized.seconds)
+    trained: dict[str, Any] = {"metrics": quantized.before, "best_metric": None, "best_step": None, "steps": 0}
     if config.epochs > 0:
         tick = time.perf_counter()
         groups = lambda m: param_groups(m, config.lr, config.quantized_lr_scale, config.weight_decay)  # noqa: E731
-        result = train(model, task, config.train_config(progress), tokenizer=tokenizer, param_groups=groups)
-        after, steps = result.metrics, result.step  # the loop evaluates the final model on the eval split
+        result = train(model, task, config.train_config(progress, train_dir, num_workers), tokenizer=tokenizer,
+                       param_groups=groups)
+        trained = trained_fields(result, task)  # the loop evaluates the final model on the eval split
         seconds["finetune"] = time.perf_counter() - tick
     model.eval()
-
-    artifact = None
+    other = other_split_metrics(model, task, tokenizer=tokenizer, batch_size=config.eval_batch_size,
+                                max_length=config.max_length)
+    sizes = {}
     if artifact_dir is not None:
         tick = time.perf_counter()
         save(model, artifact_dir, tokenizer=tokenizer)
-        artifact = artifact_sizes(artifact_dir)
+        sizes = describe(artifact_dir).sizes()
         seconds["save"] = time.perf_counter() - tick
-    return QuantizeFinetuneResult(config=config.to_dict(), main_metric=task.main_metric, before=before, after=after, steps=steps,
-                    layers=len(reports), compressed_weights=sum(math.prod(r.shape) for r in reports),
-                    relative_error=relative, artifact=artifact, seconds=seconds)
+    return QuantizeFinetuneResult(**{"main_metric": task.main_metric, "split": task.eval_split, **trained},
+                                  config=config.to_dict(), before=quantized.before, layers=quantized.layers,
+                                  compressed_weights=quantized.compressed_weights,
+                                  squared_error=quantized.squared_error, relative_error=quantized.relative_error,
+                                  other_split_metrics=other, sizes=sizes, seconds=seconds)
+
+
+def quantize_finetune(model: nn.Module, task: Task, config: QuantizeFinetuneConfig, *, tokenizer: Any = None,
+                      artifact_dir: str | Path | None = None, progress: bool = False) -> QuantizeFinetuneResult:
+    """Run the codebook protocol on a fine-tuned FP32 ``model`` IN PLACE: quantize, evaluate, fine-tune the
+    codebooks, evaluate, save (:func:`quantize_and_evaluate`, then :func:`finetune_codebooks`).
+
+    Example: ``quantize_finetune(model, task, QuantizeFinetuneConfig("linear", 2), tokenizer=tok, artifact_dir="out/lin2")``.
+    """
+    quantized = quantize_and_evaluate(model, task, config, tokenizer=tokenizer, progress=progress)
+    return finetune_codebooks(model, task, config, quantized, tokenizer=tokenizer, artifact_dir=artifact_dir,
+                              progress=progress)
 
 
 @dataclass
@@ -312,37 +346,3 @@ def load_fp32(model_dir: str | Path, task: Task) -> tuple[nn.Module, Any]:
         raise bad_param("model", "a directory written by fewbits finetune", str(model_dir), "load_fp32")
     model, tokenizer = load_model(path, task, new_head=False)
     return model.eval(), tokenizer
-
-
-def plot_scores(results: Sequence[QuantizeFinetuneResult], path: str | Path, *, fp32_score: float | None = None,
-                prior_score: float | None = None, title: str = "") -> Path:
-    """Score vs bits, one colour per scheme: solid after centroid fine-tuning, dashed before; PNG at ``path``."""
-    from matplotlib.figure import Figure
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.add_subplot(1, 1, 1)
-    schemes = list(dict.fromkeys(r.config["scheme"] for r in results))
-    colors = dict(zip(schemes, ["tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange"]))
-    for scheme in schemes:
-        rows = sorted((r for r in results if r.config["scheme"] == scheme), key=lambda r: r.config["bits"])
-        bits = [r.config["bits"] for r in rows]
-        ax.plot(bits, [r.score_before for r in rows], "--o", color=colors.get(scheme), alpha=0.55, markersize=4,
-                label=f"{scheme}, quantized")
-        ax.plot(bits, [r.score_after for r in rows], "-o", color=colors.get(scheme),
-                label=f"{scheme}, + centroid fine-tuning")
-    if fp32_score is not None:
-        ax.axhline(fp32_score, color="black", linewidth=1, label="FP32")
-    if prior_score is not None:
-        ax.axhline(prior_score, color="gray", linewidth=1, linestyle=":", label="label prior")
-    all_bits = sorted({r.config["bits"] for r in results})
-    ax.set_xticks(all_bits)
-    ax.set_xlabel("bits per weight")
-    ax.set_ylabel(results[0].main_metric if results else "score")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path

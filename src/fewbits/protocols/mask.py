@@ -15,6 +15,8 @@ The protocol, base -> mask per task:
    head, tied to the base by its checksum; :func:`load_mask` rebuilds the trained model bit for
    bit and refuses a mask trained on another base.
 
+:func:`run_mask` runs steps 3 and 4 and returns the protocol's record (:class:`MaskRecord`).
+
 Example::
 
     base = load_base("minilm", task, seed=0)
@@ -28,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,12 +40,13 @@ import torch
 from torch import nn
 
 from fewbits.errors import ArtifactError, bad_param
-from fewbits.io import read_artifact, save
+from fewbits.io import describe, read_artifact, save
 from fewbits.loading import base_checksum, load_with_tokenizer
 from fewbits.loading import load_base as load_base_model
 from fewbits.methods.mask import MaskConfig, mask_param_groups, new_head
 from fewbits.methods.mask import apply as prepare
 from fewbits.nn.mask import kept_fraction, mask_modules
+from fewbits.protocols.common import TrainedRecord, other_split_metrics, prior_metrics, trained_fields
 from fewbits.train import TrainConfig, TrainResult, train
 
 if TYPE_CHECKING:
@@ -136,11 +140,60 @@ def load_mask(base: str | os.PathLike, mask_dir: str | os.PathLike) -> tuple[nn.
 
 
 def mask_settings(config: MaskConfig, train_config: TrainConfig) -> dict[str, Any]:
-    """JSON-safe record of the settings a mask was trained with (stored in the artifact's info)."""
+    """JSON-safe record of the settings a mask was trained with (stored in the artifact's info): the mask's, and
+    the training fields that change the numbers (not where it ran or how it showed progress)."""
     plain = (int, float, str, bool, list, type(None))
     return {"mask": {k: v for k, v in asdict(config).items() if isinstance(v, plain)},
-            "train": {k: v for k, v in asdict(train_config).items() if isinstance(v, plain)}}
+            "train": train_config.resume_fields()}
 
 
-__all__ = ["MaskBase", "MaskConfig", "MaskResult", "load_base", "load_mask", "mask_settings", "prepare", "save_mask",
-           "train_mask"]
+@dataclass
+class MaskRecord(TrainedRecord):
+    """The record of one mask run: the one schema that ``fewbits mask``, the sweep's ``mask`` stage and
+    ``benchmarks/mask_vader.py`` write.
+
+    ``metrics``: the last evaluation, on ``split``; ``other_split_metrics``: the task's other dev splits;
+    ``prior_metrics``: always predicting the majority class; ``kept``: the kept fraction at the start and after
+    every epoch; ``sizes``: the saved task artifact's ``artifact_bytes`` (every file on disk), ``mask_bytes``
+    (the encoded masks alone), ``mask_bits_per_weight`` and ``masked_weights`` (empty when not saved).
+    """
+
+    kept: list[float]
+    masked_layers: int
+    prior_metrics: dict[str, float]
+    other_split_metrics: dict[str, dict[str, float]]
+    base_sha256: str
+    sizes: dict[str, Any] = field(default_factory=dict)
+    train_examples_per_s: float = 0.0
+    seconds: float = 0.0
+
+
+def mask_sizes(directory: str | os.PathLike) -> dict[str, Any]:
+    """What a saved task artifact costs: every file on disk, the encoded masks alone, bits per masked weight."""
+    summary = describe(directory)
+    return {"artifact_bytes": sum(f.stat().st_size for f in Path(directory).rglob("*") if f.is_file()),
+            "mask_bytes": summary.mask_bytes, "mask_bits_per_weight": summary.mask_bits_per_weight,
+            "masked_weights": summary.weights}
+
+
+def run_mask(base: MaskBase, task: Task, config: MaskConfig, train_config: TrainConfig, *,
+             out_dir: str | os.PathLike | None = None,
+             on_epoch: Callable[[int, float], None] | None = None) -> MaskRecord:
+    """The mask protocol on a loaded ``base`` (:func:`load_base`): learn the task's mask and head in place,
+    evaluate, save the task artifact (its settings, metrics and kept fractions in its info) to ``out_dir``."""
+    started = time.perf_counter()
+    result = train_mask(base.model, task, config, train_config, tokenizer=base.tokenizer, on_epoch=on_epoch)
+    trained = result.train
+    other = other_split_metrics(base.model, task, tokenizer=base.tokenizer,
+                                batch_size=train_config.eval_batch_size, max_length=train_config.max_length)
+    sizes = {}
+    if out_dir is not None:
+        info = {**mask_settings(config, train_config), "metrics": trained.metrics, "kept": result.kept}
+        sizes = mask_sizes(save_mask(base.model, out_dir, base, task=task, info=info))
+    return MaskRecord(**trained_fields(trained, task), kept=result.kept, masked_layers=len(result.layers),
+                      prior_metrics=prior_metrics(task), other_split_metrics=other, base_sha256=base.sha256,
+                      sizes=sizes, seconds=time.perf_counter() - started)
+
+
+__all__ = ["MaskBase", "MaskConfig", "MaskRecord", "MaskResult", "load_base", "load_mask", "mask_settings", "mask_sizes",
+           "prepare", "run_mask", "save_mask", "train_mask"]

@@ -9,7 +9,8 @@ and the Fisher diagonal estimated from them, then a second phase from that same 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,11 +22,12 @@ from torch import nn
 from fewbits._util.fs import write_bytes_atomic, write_text_atomic
 from fewbits.data import make_collate
 from fewbits.errors import FewbitsValueError, bad_param
-from fewbits.io import save
+from fewbits.io import describe, save
 from fewbits.methods.qat import QATConfig, RegularizerConfig
 from fewbits.methods.qat import apply as apply_qat
-from fewbits.methods.qat.training import adam_fisher, regularizer_terms, true_fisher
+from fewbits.methods.qat.training import adam_fisher, regularizer_terms, ste_squared_error, true_fisher
 from fewbits.nn.forward import forward_batch
+from fewbits.protocols.common import TrainedRecord, trained_fields
 from fewbits.train.checkpoint import latest_checkpoint, load_trainer_state, load_weights
 from fewbits.train.loop import TrainConfig, TrainResult, build_param_groups, train
 
@@ -140,3 +142,65 @@ def export_qat(model: nn.Module, directory: str | Path, config: QATConfig, *, to
     its input quantizers. ``model`` is unchanged.
     """
     return save(model, directory, config=config, tokenizer=tokenizer)
+
+
+@dataclass
+class QATPhaseRecord(TrainedRecord):
+    """The record of one phase of the QAT protocol: the one schema that ``fewbits qat``, the sweep's ``ste`` and
+    ``regularize`` stages and ``benchmarks/qat_mnist1d.py`` write.
+
+    ``phase``: ``ste`` for phase 1, else the second phase's method; ``metrics``: the last evaluation, on
+    ``split``; ``squared_error``: sum (w - Q(w))^2 over the STE weights at the end; ``regularizer``: the
+    second phase's settings (None for phase 1); ``sizes``: the exported artifact's (empty when not exported).
+    """
+
+    phase: str
+    wbits: int
+    abits: int
+    quantized_layers: int
+    squared_error: float
+    regularizer: dict[str, Any] | None = None
+    sizes: dict[str, Any] = field(default_factory=dict)
+    train_examples_per_s: float = 0.0
+    seconds: float = 0.0
+
+
+def _phase_record(model: nn.Module, task: Task, spec: QATConfig, result: TrainResult, phase: str,
+                  started: float, **extra: Any) -> QATPhaseRecord:
+    return QATPhaseRecord(**trained_fields(result, task), phase=phase, wbits=spec.wbits, abits=spec.abits,
+                          quantized_layers=len(spec.layers), squared_error=float(ste_squared_error(model).detach()),
+                          **extra, seconds=time.perf_counter() - started)
+
+
+def ste_phase(model: nn.Module, task: Task, config: TrainConfig, qat: QATConfig, *, tokenizer: Any = None,
+              collate: Any = None, bias_correction: bool = True) -> QATPhaseRecord:
+    """Protocol step 1: prepare the full-precision ``model`` as ``qat`` says and train it with STE into
+    ``config.out_dir`` (checkpoints, ``qat.json``, the Fisher estimate); returns the phase's record."""
+    started = time.perf_counter()
+    spec = apply_qat(model, qat)
+    result = run_ste_phase(model, task, config, spec, tokenizer=tokenizer, collate=collate,
+                           bias_correction=bias_correction)
+    return _phase_record(model, task, spec, result, "ste", started)
+
+
+def second_phase(model: nn.Module, task: Task, config: TrainConfig, ste_dir: str | Path,
+                 regularizer: RegularizerConfig, *, teacher: nn.Module | None = None, tokenizer: Any = None,
+                 collate: Any = None, export_dir: str | Path | None = None,
+                 expect_bits: tuple[int, int] | None = None) -> QATPhaseRecord:
+    """Protocol step 2: load the finished STE phase of ``ste_dir`` into the fresh ``model``, train on with
+    ``regularizer`` into ``config.out_dir`` and export the artifact to ``export_dir`` (when given).
+
+    ``expect_bits``: the ``(wbits, abits)`` the caller asked for; an STE phase trained at others is refused.
+    """
+    started = time.perf_counter()
+    spec, fisher = load_ste_checkpoint(model, ste_dir)
+    if expect_bits is not None and (spec.wbits, spec.abits) != tuple(expect_bits):
+        raise FewbitsValueError(f"The STE phase {str(ste_dir)!r} was trained at W{spec.wbits}/A{spec.abits}, not "
+                                f"W{expect_bits[0]}/A{expect_bits[1]}; give matching --wbits/--abits.")
+    result = run_second_phase(model, task, config, spec, regularizer, fisher=fisher, teacher=teacher,
+                              tokenizer=tokenizer, collate=collate)
+    sizes = {}
+    if export_dir is not None:
+        sizes = describe(export_qat(model, export_dir, spec, tokenizer=tokenizer)).sizes()
+    return _phase_record(model, task, spec, result, regularizer.method, started, regularizer=asdict(regularizer),
+                         sizes=sizes)
