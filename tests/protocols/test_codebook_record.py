@@ -57,3 +57,14 @@ def test_cli_sweep_and_demo_write_the_same_codebook_record(tmp_path: Path) -> No
     assert {k: quantize[k] for k in ("layers", "squared_error", "relative_error")} == \
         {k: cli_record[k] for k in ("layers", "squared_error", "relative_error")}
     assert quantize["metrics"] == cli_record["before"]
+
+
+def test_a_record_written_before_the_one_schema_is_read() -> None:
+    old = {"config": {"scheme": "linear", "bits": 2}, "main_metric": "accuracy", "before": {"accuracy": 0.5},
+           "after": {"accuracy": 0.75}, "steps": 4, "layers": 3, "compressed_weights": 96, "relative_error": 0.25,
+           "artifact": {"path": "out/linear-2bit", "bytes": 512, "ratio": 4.0, "fp32_bytes": 2048},
+           "seconds": {"quantize": 1.0}}
+    result = QuantizeFinetuneResult.from_dict(old)
+    assert result.metrics == {"accuracy": 0.75} and result.score_after == 0.75 and result.score_before == 0.5
+    assert result.sizes == {"artifact_bytes": 512, "ratio_to_fp32": 4.0, "fp32_bytes": 2048}
+    assert result.split is None and result.squared_error is None and result.other_split_metrics == {}
