@@ -4,6 +4,10 @@ The model is prepared by :func:`fewbits.methods.qat.prepare_qat`. The two-phase 
 STE training to a first minimum, a checkpoint that holds the model, the optimizer (Adam's moments)
 and the Fisher diagonal estimated from them, then a second phase from that same checkpoint with
 ``ste`` (no regularizer), ``msqe``, ``fisher`` (decoupled) or ``kd`` (a frozen FP32 teacher).
+
+The protocol as its callers run it (``fewbits qat``, the sweep's ``ste`` and ``regularize`` stages,
+``benchmarks/qat_mnist1d.py``): :func:`ste_phase` (prepare and train), then :func:`second_phase` per method
+(load the STE folder, train, export), each returning a :class:`QATPhaseRecord`.
 """
 
 from __future__ import annotations
