@@ -105,13 +105,18 @@ def _assign(data: _Groups, centroids: np.ndarray, accumulate: bool = True) -> tu
     return codes, wsum, xsum
 
 
-def _sorted_atoms(data: _Groups) -> tuple[np.ndarray, ...]:
-    """Each group sorted once and run-length encoded: (ptr, value, weight, w*x, w*x**2), centered."""
+def _sorted_atoms(data: _Groups, centred: bool = True) -> tuple[np.ndarray, ...]:
+    """Each group sorted once and run-length encoded: (ptr, value, weight, w*x, w*x**2), centred on
+    the group's median (which becomes ``data.center``), or with ``centred=False`` left exactly as
+    given (center 0: ``optimal``'s exact program pivots its own sums, and a shift would round
+    values that differ by less than an ulp of it)."""
     if data.sw is None:
         xs, sws = np.sort(data.x, axis=1), np.ones((1, 1))
     else:
         order = np.argsort(data.x, axis=1, kind="stable")
         xs, sws = np.take_along_axis(data.x, order, 1), np.take_along_axis(data.sw, order, 1)
+    # a value of the bulk, not (min + max) / 2: outliers far out would round every value to their scale
+    data.center = xs[:, xs.shape[1] // 2].astype(np.float64) if centred else np.zeros(data.n_groups)
     n = data.x.size
     ptr = np.empty(data.n_groups + 1, np.int64)
     v, c, s, q = (np.empty(n) for _ in range(4))
@@ -233,9 +238,10 @@ def optimal(weight: torch.Tensor, bits: int, *, groups: int | str | None = None,
     if mode == "exact" and 4 * k * data.x.shape[1] > EXACT_TABLE_BYTES:
         raise bad_param("mode", f"'histogram' or 'auto' for groups of {data.x.shape[1]} values at {bits} bits "
                         f"(the exact table would take {4 * k * data.x.shape[1] / 2**30:.1f} GiB)", mode, "optimal")
-    ptr, v, c, s, q = _sorted_atoms(data) if mode == "exact" else _histogram_atoms(data, bits, n_bins)
+    ptr, v, c, _, _ = _sorted_atoms(data, centred=False) if mode == "exact" else _histogram_atoms(data, bits, n_bins)
     centroids = np.empty((data.n_groups, k))
-    _kernels.optimal_centroids(ptr, v, c, s, q, k, centroids)
+    trust = _kernels.EXACT_TRUST if mode == "exact" else _kernels.HISTOGRAM_TRUST
+    _kernels.optimal_centroids(ptr, v, c, k, trust, centroids)
     codes, wsum, xsum = _assign(data, centroids)
     with np.errstate(invalid="ignore", divide="ignore"):
         codebook = np.where(wsum > 0, xsum / wsum, centroids)
