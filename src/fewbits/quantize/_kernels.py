@@ -41,39 +41,98 @@ def linear_codes(x, lo, hi, bits, codes, wsum, xsum, center):
 
 
 @njit(**_NB)
-def histogram_atoms(x, sw, has_sw, lo, hi, n_coarse, n_fine, center, ptr, atom_v, atom_c, atom_s):
-    """A histogram of each group with about ``n_fine`` bins placed where its values are, compressed
-    to its non-empty bins (the atoms).
+def _bulk_range(x, g, n, stride, low, high, n_coarse, tail, cnt):
+    """``[low, high]`` narrowed to the bulk of group ``g``: while at most ``tail`` of the sampled
+    values lie beyond a quarter of the coarse bins, zoom onto the bins between those tails (a
+    value 1e12 times the bulk's scale takes 4 zooms). Without outliers the full range is kept."""
+    top = n_coarse - 1
+    for _ in range(8):
+        width = (high - low) / n_coarse
+        if not width > 0.0:
+            break
+        cnt[:] = 0
+        m = 0
+        for t in range(0, n, stride):
+            v = np.float64(x[g, t])
+            if low <= v <= high:
+                cnt[min(int((v - low) / width), top)] += 1
+                m += 1
+        first = 0
+        acc = cnt[0]
+        while first < top and acc <= tail * m:
+            first += 1
+            acc += cnt[first]
+        last = top
+        acc = cnt[top]
+        while last > first and acc <= tail * m:
+            last -= 1
+            acc += cnt[last]
+        if last - first + 1 >= n_coarse // 4:
+            break
+        low, high = low + first * width, low + (last + 1) * width
+    return low, high
 
-    Coarse bins are equal-width, ``b = floor((x - lo) / ((hi - lo) / n_coarse))``: the linear
-    scheme's expression with a finer width (a multiple of its ``2**bits``), so linear's partition
-    is one the histogram can express. Coarse bin ``b`` is cut into ``2**p[b]`` equal parts, the
-    power of two at least ``n_fine`` times its share of ``sum(cbrt(count + 1))`` (counts on a
-    sample of about 2**16 values; an optimal quantizer's levels are dense as the cube root of the
-    density, and the +1 keeps sparse tails resolved). One division gives both indices: the value's
-    position in units of the finest part, exact in floating point because the parts are powers of
-    two. Equal widths alone leave the bulk of a tensor with outliers in a few bins (MiniLM's
-    output.dense at 8 bits: 10,400 non-empty of 262,144, 1.2e-4 above the exact optimum).
-    ``atom_v`` holds the weighted mean of each bin (plain mean where its weight is 0). Bins keep
-    one interleaved row of sums (weight and weighted sum; with sample_weight also count and plain sum).
+
+@njit(**_NB)
+def _tail_atoms(vals, wts, count, has_sw, mid, out, atom_v, atom_c, atom_s):
+    """Sort ``vals[:count]`` (the values beyond the bulk) into exact atoms from ``out`` on."""
+    order = np.argsort(vals[:count], kind="mergesort")
+    t = 0
+    while t < count:
+        v = vals[order[t]]
+        c = 0.0
+        while t < count and vals[order[t]] == v:
+            c += wts[order[t]] if has_sw else 1.0
+            t += 1
+        atom_v[out] = v - mid
+        atom_c[out] = c
+        atom_s[out] = c * (v - mid)
+        out += 1
+    return out
+
+
+@njit(**_NB)
+def histogram_atoms(x, sw, has_sw, lo, hi, n_coarse, n_fine, tail_cap, center, ptr, atom_v, atom_c, atom_s):
+    """A histogram of each group with about ``n_fine`` bins placed where its values are, compressed
+    to its non-empty bins (the atoms), plus every value beyond the bulk as an exact atom.
+
+    The bins cover ``[low, high]``: the group's range, or, when a few values lie far out (at most
+    ``tail_cap / 4`` of them by a sample), the bulk between them (:func:`_bulk_range`); the values
+    outside become atoms of their own, sorted (at most ``tail_cap`` per side; further ones join
+    the edge bin). Coarse bins are equal-width, ``b = floor((x - low) / ((high - low) / n_coarse))``:
+    over the full range the linear scheme's expression with a finer width (a multiple of its
+    ``2**bits``), so linear's partition is one the histogram can express. Coarse bin ``b`` is cut
+    into ``2**p[b]`` equal parts, the power of two at least ``n_fine`` times its share of
+    ``sum(cbrt(count + 1))`` (counts on a sample of about 2**16 values; an optimal quantizer's
+    levels are dense as the cube root of the density, and the +1 keeps sparse tails resolved).
+    One division gives both indices: the value's position in units of the finest part, exact in
+    floating point because the parts are powers of two. ``atom_v`` holds the weighted mean of each
+    bin (plain mean where its weight is 0), centred on ``center[g]``, which becomes the middle of
+    ``[low, high]``. Bins keep one interleaved row of sums (weight and weighted sum; with
+    sample_weight also count and plain sum).
     """
     n_groups, n = x.shape
     fields = 4 if has_sw else 2
     acc = np.zeros((n_coarse + 2 * n_fine, fields), np.float64)
     cnt = np.empty(n_coarse, np.int64)
     cut = np.empty((n_coarse, 2), np.int64)  # per coarse bin: first fine bin, shift to its part
+    tails = np.empty((2, tail_cap), np.float64)
+    tail_w = np.empty((2, tail_cap), np.float64)
     stride = max(1, n // 65536)
     out = 0
     ptr[0] = 0
     top = n_coarse - 1
     for g in range(n_groups):
-        low = lo[g]
-        mid = center[g]
-        width = (hi[g] - low) / n_coarse
+        low, high = _bulk_range(x, g, n, stride, lo[g], hi[g], n_coarse, 0.25 * tail_cap / n, cnt)
+        mid = 0.5 * (low + high)
+        center[g] = mid
+        width = (high - low) / n_coarse
         cnt[:] = 0
         if width > 0.0:
             for t in range(0, n, stride):
-                cnt[min(int((np.float64(x[g, t]) - low) / width), top)] += 1
+                v = np.float64(x[g, t])
+                if low <= v <= high:
+                    cnt[min(int((v - low) / width), top)] += 1
         log_parts = np.zeros(n_coarse, np.int64)  # per group: hoisted, the value pass below ran 3.5x slower
         total = 0.0
         for b in range(n_coarse):
@@ -92,11 +151,23 @@ def histogram_atoms(x, sw, has_sw, lo, hi, n_coarse, n_fine, center, ptr, atom_v
         last = (n_coarse << finest) - 1
         mask = (1 << finest) - 1
         acc[:used] = 0.0
+        n_low = 0
+        n_high = 0
         for t in range(n):
             v = np.float64(x[g, t])
             f = 0
             if width > 0.0:
-                q = min(int((v - low) / fine_width), last)
+                if v < low and n_low < tail_cap:
+                    tails[0, n_low] = v
+                    tail_w[0, n_low] = sw[g, t] if has_sw else 1.0
+                    n_low += 1
+                    continue
+                if v > high and n_high < tail_cap:
+                    tails[1, n_high] = v
+                    tail_w[1, n_high] = sw[g, t] if has_sw else 1.0
+                    n_high += 1
+                    continue
+                q = min(max(int((v - low) / fine_width), 0), last)
                 b = q >> finest
                 f = cut[b, 0] + ((q & mask) >> cut[b, 1])
             d = v - mid
@@ -109,6 +180,7 @@ def histogram_atoms(x, sw, has_sw, lo, hi, n_coarse, n_fine, center, ptr, atom_v
             else:
                 acc[f, 0] += 1.0
                 acc[f, 1] += d
+        out = _tail_atoms(tails[0], tail_w[0], n_low, has_sw, mid, out, atom_v, atom_c, atom_s)
         for f in range(used):
             count = acc[f, 2] if has_sw else acc[f, 0]
             if count > 0.0:
@@ -116,6 +188,7 @@ def histogram_atoms(x, sw, has_sw, lo, hi, n_coarse, n_fine, center, ptr, atom_v
                 atom_s[out] = acc[f, 1]
                 atom_v[out] = acc[f, 1] / acc[f, 0] if acc[f, 0] > 0.0 else acc[f, 3] / count
                 out += 1
+        out = _tail_atoms(tails[1], tail_w[1], n_high, has_sw, mid, out, atom_v, atom_c, atom_s)
         ptr[g + 1] = out
 
 
@@ -246,7 +319,7 @@ def _anchored_sums(v, c, a, n, pre):
 #: of the row's least error. Else, if the best candidate beats the second by more than twice the
 #: bound, only its value is recomputed in double-double; otherwise the whole row is.
 EXACT_TRUST = 2.0 ** -30
-HISTOGRAM_TRUST = 2.0 ** -20  # the bins already cost about 1e-5
+HISTOGRAM_TRUST = 2.0 ** -16  # the bins already cost up to 1.6e-5
 
 
 @njit(**_NB)
@@ -501,7 +574,8 @@ def assign(x, sw, has_sw, centroids, lo, hi, center, n_cells, accumulate, codes,
             table[t] = j
         for t in range(n):
             v = np.float64(x[g, t])
-            code = table[min(int((v - low) * inv), top)]
+            cell = int((v - low) * inv)
+            code = table[min(cell, top)] if cell >= 0 else 0  # below lo: outliers left out of the table
             while v > mids[code]:
                 code += 1
             codes[g, t] = code

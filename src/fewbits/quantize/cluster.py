@@ -136,11 +136,13 @@ def _histogram_atoms(data: _Groups, bits: int, n_bins: int) -> tuple[np.ndarray,
     The sums of squares stay zero: the dynamic program does not need them (they are additive).
     """
     n_coarse = coarse_bins(bits)
-    size = data.n_groups * min(n_coarse + 2 * n_bins, data.x.shape[1])
+    tail_cap = n_bins // 4
+    size = data.n_groups * min(n_coarse + 2 * n_bins + 2 * tail_cap, data.x.shape[1])
     ptr = np.empty(data.n_groups + 1, np.int64)
     v, c, s = (np.empty(size) for _ in range(3))
     sw, has_sw = data.sw_arg()
-    _kernels.histogram_atoms(data.x, sw, has_sw, data.lo, data.hi, n_coarse, n_bins, data.center, ptr, v, c, s)
+    _kernels.histogram_atoms(data.x, sw, has_sw, data.lo, data.hi, n_coarse, n_bins, tail_cap, data.center, ptr,
+                             v, c, s)
     m = ptr[-1]
     return ptr, v[:m], c[:m], s[:m], np.zeros(m)
 
