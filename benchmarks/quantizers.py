@@ -9,7 +9,10 @@ weight shape of MiniLM-L6 (real weights) and BERT-base-shaped Laplace tensors; b
 plus whole-model lines. Writes its section of BENCHMARKS.md.
 
 Run: ``.venv/bin/python benchmarks/quantizers.py`` (about 45 minutes on 2 quiet cores);
-``--quick`` for a two-tensor smoke run that prints and does not write (unless ``--write``).
+``--quick`` for a two-tensor smoke run that prints and does not write (unless ``--write``);
+``--outliers`` for only the outlier and heavy-tailed tensors (gap of ``optimal``'s histogram mode
+to the exact DP, both timed) and the time of ``optimal`` on Laplace 768x3072, written to its own
+section (a few minutes).
 """
 
 from __future__ import annotations
@@ -319,11 +322,91 @@ def short_name(name: str) -> str:
     return name.replace("encoder.layer.", "L").replace(".", " ", 1) if name.startswith("encoder.layer.") else name
 
 
+def outlier_tensors(n: int = 589_824) -> list[tuple[str, torch.Tensor]]:
+    """Heavy tails and outliers around a N(0, 1) bulk (MiniLM's intermediate.dense size): one value
+    at 1e3, 1e6, 1e9, 1e12; one each side; a cluster of 8 at 1e6; 0.1% at 100x; Student-t 1 and 2."""
+    rng = np.random.default_rng(11)
+    out = []
+    for scale in (1e3, 1e6, 1e9, 1e12):
+        x = rng.standard_normal(n)
+        x[rng.integers(n)] = scale
+        out.append((f"N(0,1) + one at {scale:.0e}", x))
+    x = rng.standard_normal(n)
+    x[:2] = (1e6, -3e5)
+    out.append(("N(0,1) + 1e6 and -3e5", x))
+    x = rng.standard_normal(n)
+    x[:8] = 1e6 * (1 + 1e-3 * np.arange(8))
+    out.append(("N(0,1) + 8 values near 1e6", x))
+    x = rng.standard_normal(n)
+    x[rng.choice(n, n // 1000, replace=False)] *= 100
+    out.append(("N(0,1), 0.1% at 100x", x))
+    out += [(f"Student-t {dof} dof", rng.standard_t(dof, n)) for dof in (1, 2)]
+    return [(label, torch.from_numpy(x.astype(np.float32))) for label, x in out]
+
+
+def partition_error(x: torch.Tensor, codes: torch.Tensor) -> float:
+    """Squared error of the partition given by ``codes``, each cluster at its mean (float64, centred
+    per cluster, so outliers cost no precision)."""
+    v = x.double().reshape(-1).numpy()
+    c = codes.reshape(-1).numpy().astype(np.int64)
+    k = int(c.max()) + 1
+    count, total = np.bincount(c, minlength=k), np.bincount(c, v, minlength=k)
+    mean = total / np.maximum(count, 1)
+    return float(((v - mean[c]) ** 2).sum())
+
+
+def outlier_section(bits_list: tuple[int, ...] = BITS) -> str:
+    """Gap of optimal's default (histogram) mode to the exact DP on outlier tensors, and the time
+    of both; then optimal's time on Laplace 768x3072 (the tensor of the 20x target)."""
+    lines = ["### Outliers and heavy tails (`--outliers`)", "",
+             f"Measured on {machine_line()}; load average {os.getloadavg()[0]:.1f} at the start. Gap = "
+             "squared error of `optimal` (mode \"auto\" = histogram here) / exact DP - 1, both errors of the "
+             "partitions their codes give, each cluster at its mean in float64; times are medians of 3 runs "
+             "(CPU time of this single-threaded process).", "",
+             "| tensor | bits | gap to exact | optimal ms | exact DP ms |", "|---|---|---|---|---|"]
+    worst = 0.0
+    for label, x in outlier_tensors():
+        for bits in bits_list:
+            if 4 * (1 << bits) * x.numel() > EXACT_TABLE_LIMIT * 4:
+                continue
+            t_opt, qt = cpu_median(lambda: optimal(x, bits))
+            t_ex, ex = cpu_median(lambda: optimal(x, bits, mode="exact"), runs=1 if bits == 8 else 3)
+            gap = partition_error(x, qt.codes) / partition_error(x, ex.codes) - 1
+            worst = max(worst, gap)
+            lines.append(f"| {label} | {bits} | {gap:.1e} | {t_opt * 1e3:.0f} | {t_ex * 1e3:.0f} |")
+            print(lines[-1], flush=True)
+    lines += ["", f"Largest gap: {worst:.1e} (target 1e-4).", "", "| Laplace 768x3072 | " +
+              " | ".join(f"{b} bits" for b in bits_list) + " |", "|---" * (len(bits_list) + 1) + "|"]
+    x = laplace((768, 3072), 1)
+    times = [cpu_median(lambda: optimal(x, b), runs=5)[0] for b in bits_list]
+    lines.append("| optimal ms | " + " | ".join(f"{t * 1e3:.0f}" for t in times) + " |")
+    return "\n".join(lines)
+
+
+def cpu_median(fn: Callable[[], object], runs: int = 3) -> tuple[float, object]:
+    """Median CPU time of ``runs`` calls (seconds) and the last result."""
+    times, out = [], None
+    for _ in range(runs):
+        start = time.process_time()
+        out = fn()
+        times.append(time.process_time() - start)
+    return statistics.median(times), out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="two tensors, no group-wise or whole-model lines; prints only")
     parser.add_argument("--write", action="store_true", help="write BENCHMARKS.md even with --quick")
+    parser.add_argument("--outliers", action="store_true",
+                        help="only the outlier / heavy-tailed rows and optimal's time on Laplace 768x3072; writes them")
     args = parser.parse_args(argv)
+    if args.outliers:
+        optimal(torch.randn(64), 2)  # compile (or load) the kernels outside the timings
+        optimal(torch.randn(64), 2, mode="exact")
+        text = outlier_section()
+        print(text)
+        write_section("quantizers-outliers", text)
+        return 0
     load = os.getloadavg()[0]
     weights = minilm_weights()
     by_shape: dict[tuple[int, ...], tuple[str, torch.Tensor]] = {}

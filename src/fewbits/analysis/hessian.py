@@ -1,4 +1,4 @@
-"""Hessian of the dataset loss w.r.t. the effective parameters: products, Hutchinson trace, extreme eigenvalues.
+"""Hessian of the dataset loss w.r.t. the effective parameters: products and the Hutchinson trace.
 
 The loss is the example-weighted mean of the batch losses over a fixed evaluation set, in eval mode,
 so ``H = sum_b (n_b / N) H_b`` and any split of the set into batches gives the same H. Products use
@@ -6,7 +6,8 @@ double backprop on fresh leaf copies of the effective weights (a parametrized we
 differentiated as its effective value, see :mod:`fewbits.analysis.params`); the model's own
 parameters and ``.grad`` are never touched. Tensors that get no gradient (unused by the forward
 pass, or entering it linearly) count as zero rather than failing, and every autograd graph is
-released before a call returns: only detached results leave.
+released before a call returns: only detached results leave. Eigenvalues, the spectral density
+and per-layer traces are in :mod:`fewbits.analysis.spectrum`.
 """
 
 from __future__ import annotations
@@ -181,75 +182,3 @@ def hutchinson_trace(model: nn.Module, batches: Iterable[Any], *, max_probes: in
     arr = np.asarray(samples)
     return TraceEstimate(float(arr.mean()), float(arr.std(ddof=1) / math.sqrt(arr.size)), arr.size, converged,
                          float(tol), arr)
-
-
-@dataclass(frozen=True)
-class EigenEstimate:
-    """Extreme Hessian eigenvalues by power iteration.
-
-    ``largest_magnitude``: the eigenvalue of largest |lambda|, with its sign (plain power iteration).
-    With ``which="both"``, ``largest`` and ``smallest`` (algebraic) are the two ends of the spectrum,
-    the second found by power iteration on ``H - lambda_1 I``; otherwise they are None.
-    ``iterations`` counts Hessian-vector products; ``converged`` is False if any run hit ``max_iter``.
-    """
-
-    largest_magnitude: float
-    largest: float | None
-    smallest: float | None
-    iterations: int
-    converged: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain numbers, for JSON."""
-        return dict(self.__dict__)
-
-
-def _power(op: _Hessian, generator: torch.Generator, shift: float, max_iter: int,
-           tol: float) -> tuple[float, int, bool]:
-    """Dominant eigenvalue of ``H - shift I`` (signed Rayleigh quotient), iterations used, converged."""
-    v = op.like("normal", generator)
-    norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in v.values()))
-    v = {n: t / norm for n, t in v.items()}
-    lam_prev = None
-    for it in range(1, max_iter + 1):
-        _, hv = op.apply(v)
-        assert hv is not None
-        if shift:
-            hv = {n: hv[n] - shift * v[n] for n in op.names}
-        lam = float(sum((hv[n].double() * v[n].double()).sum() for n in op.names))
-        norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in hv.values()))
-        if norm == 0.0:
-            return 0.0, it, True
-        v = {n: t / norm for n, t in hv.items()}
-        if lam_prev is not None and abs(lam - lam_prev) <= tol * max(abs(lam), 1e-30):
-            return lam, it, True
-        lam_prev = lam
-    return float(lam_prev if lam_prev is not None else 0.0), max_iter, False
-
-
-def top_eigenvalue(model: nn.Module, batches: Iterable[Any], *, which: str = "magnitude", max_iter: int = 100,
-                   tol: float = 1e-4, seed: int = 0, loss_fn: LossFn | None = None,
-                   params: Sequence[str] | None = None) -> EigenEstimate:
-    """Top Hessian eigenvalue of the dataset loss by power iteration.
-
-    ``which="magnitude"``: the eigenvalue of largest absolute value (signed), as power iteration
-    finds it; ``"both"`` adds one shifted run to get the largest AND smallest algebraic eigenvalues
-    (useful away from a minimum, where negative curvature can dominate). Stops when the Rayleigh
-    quotient changes by at most ``tol`` (relative). Two eigenvalues of equal magnitude and opposite
-    sign make plain power iteration oscillate; ``"both"`` then still reports each end.
-    """
-    if which not in ("magnitude", "both"):
-        raise bad_param("which", "'magnitude' or 'both'", which, "top_eigenvalue")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 2:
-        raise bad_param("max_iter", "an int >= 2", max_iter, "top_eigenvalue")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
-        raise bad_param("tol", "a positive number", tol, "top_eigenvalue")
-    op = _Hessian(model, batches, loss_fn, params, "top_eigenvalue")
-    generator = torch.Generator().manual_seed(seed)
-    lam1, it1, ok1 = _power(op, generator, 0.0, max_iter, tol)
-    if which == "magnitude":
-        return EigenEstimate(lam1, None, None, it1, ok1)
-    mu, it2, ok2 = _power(op, generator, lam1, max_iter, tol)
-    other = mu + lam1
-    largest, smallest = (lam1, other) if lam1 >= 0 else (other, lam1)
-    return EigenEstimate(lam1, max(largest, smallest), min(largest, smallest), it1 + it2, ok1 and ok2)
