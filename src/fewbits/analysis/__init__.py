@@ -4,7 +4,8 @@
   against a reference model and reusable (:func:`save_directions` / :func:`load_directions`).
 - :func:`surface_1d`, :func:`surface_2d`: loss and accuracy grids over a fixed evaluation set
   (``loss[i, j]`` at ``(alphas[i], betas[j])``); :func:`landscape` repeats over pairs and fits.
-- :func:`fit_paraboloid`: least-squares paraboloid near the centre: 2x2 Hessian, trace, determinant, R^2.
+- :func:`fit_paraboloid`: least-squares paraboloid near the centre: 2x2 Hessian, trace, determinant, R^2;
+  :func:`in_plane_hessian`: the exact 2x2 ``D^T H D`` along the same directions (reported beside it).
 - :func:`hutchinson_trace`, :func:`hessian_vector_product`: the full Hessian of the dataset loss by
   double backprop; :func:`top_eigenvalue` (both ends and the top n, Lanczos), :func:`spectral_density`
   (stochastic Lanczos quadrature), :func:`layer_traces` (Hutchinson per parameter tensor).
@@ -33,7 +34,7 @@ from fewbits.analysis.directions import (
     random_direction,
     save_directions,
 )
-from fewbits.analysis.fit import Landscape, ParaboloidFit, fit_paraboloid, landscape, summarize_fits
+from fewbits.analysis.fit import Landscape, ParaboloidFit, fit_paraboloid, in_plane_hessian, landscape, summarize_fits
 from fewbits.analysis.hessian import TraceEstimate, hessian_vector_product, hutchinson_trace
 from fewbits.analysis.objective import BatchLoss, Evaluation, classification_objective, evaluate
 from fewbits.analysis.params import effective_parameters, override_parameters
@@ -54,8 +55,9 @@ __all__ = [
     "Surface1D",
     "Surface2D", "TraceEstimate", "check_directions", "classification_objective", "direction_pairs",
     "effective_parameters", "evaluate", "filter_normalize", "find_head", "fit_paraboloid", "grid_coordinates",
-    "head_inputs", "hessian_vector_product", "hutchinson_trace", "landscape", "layer_traces", "load_directions",
-    "override_parameters", "plot_scores", "plot_slices", "plot_surface", "plot_trace_vs_temperature", "random_direction",
+    "head_inputs", "hessian_vector_product", "hutchinson_trace", "in_plane_hessian", "landscape", "layer_traces",
+    "load_directions", "override_parameters", "plot_scores", "plot_slices", "plot_surface", "plot_trace_vs_temperature",
+    "random_direction",
     "save_directions", "softmax_curvature", "spectral_density", "summarize_fits", "surface_1d", "surface_2d",
     "temperature_sweep",
     "top_eigenvalue",
