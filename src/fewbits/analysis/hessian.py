@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from fewbits.analysis.objective import LossFn, checked_batch_loss, classification_objective, prepare_batches
@@ -70,7 +71,8 @@ class _Hessian:
         quad = 0.0
         product = {n: torch.zeros_like(self.base[n]) for n in self.names} if need_product else None
         count = 0
-        with eval_mode(self.model):
+        # the math attention kernel: the fused CPU kernels have no double backward
+        with eval_mode(self.model), sdpa_kernel([SDPBackend.MATH]):
             for batch in self.batches:
                 leaves = {n: self.base[n].detach().clone().requires_grad_(True) for n in self.names}
                 with override_parameters(self.model, leaves):

@@ -29,11 +29,13 @@ def _png(path: str | Path) -> Path:
     return path
 
 
-def plot_surface(surface: Surface2D, path: str | Path, *, title: str = "", max_loss: float | None = None) -> Path:
+def plot_surface(surface: Surface2D, path: str | Path, *, title: str = "", max_loss: float | None = None,
+                 curvature: tuple[float, float] | None = None) -> Path:
     """Contour map and 3-D view of ``surface.loss`` side by side; the grid goes to ``path`` with ``.npz``.
 
     ``max_loss`` clips the drawn values (not the saved data), so a few huge losses at the edge do
-    not flatten the picture.
+    not flatten the picture. ``curvature``: (fitted paraboloid's trace, exact in-plane trace),
+    written under the title so the two are never read as one.
     """
     path = _png(path)
     surface.save(path.with_suffix(".npz"))
@@ -52,6 +54,9 @@ def plot_surface(surface: Surface2D, path: str | Path, *, title: str = "", max_l
     ax3.set_xlabel("alpha")
     ax3.set_ylabel("beta")
     ax3.set_zlabel("loss")
+    if curvature is not None:
+        title = (title + "\n" if title else "") + (f"fitted paraboloid trace {curvature[0]:.4g}, "
+                                                    f"exact in-plane trace dx'Hdx + dy'Hdy {curvature[1]:.4g}")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

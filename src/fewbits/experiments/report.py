@@ -215,6 +215,7 @@ def p2_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str)
     clashes: list[str] = []
     acc: dict[tuple, dict[int, float]] = defaultdict(dict)  # (task, A/W, method) at the main T -> {seed: acc}
     trace: dict[tuple, dict[int, float]] = defaultdict(dict)
+    exact: dict[tuple, dict[int, float]] = defaultdict(dict)  # exact in-plane curvature, same keys as trace
     sweep_acc: dict[tuple, dict[int, float]] = defaultdict(dict)  # KD: (task, A/W, T) -> {seed: acc}
     sweep_trace: dict[tuple, dict[int, float]] = defaultdict(dict)
     teacher: dict[str, dict[str, float]] = defaultdict(dict)
@@ -227,12 +228,15 @@ def p2_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str)
         method, T = c["regularize"]["method"], float(c["regularize"]["temperature"])
         score = task_score(task, stages["regularize"])
         tr = stages.get("landscape", {}).get("hessian", {}).get("trace", {}).get("mean")
+        ex = stages.get("landscape", {}).get("hessian", {}).get("exact_trace", {}).get("mean")
         if score is None:
             continue
         if method != "kd" or T == P2_PAPER_T:
             _put(acc, (task, aw, method), seed, score, clashes)
             if tr is not None:
                 trace[(task, aw, method)][seed] = tr
+            if ex is not None:
+                exact[(task, aw, method)][seed] = ex
         if method == "kd":
             _put(sweep_acc, (task, aw, T), seed, score, [] if T == P2_PAPER_T else clashes)  # T = 4: counted above
             if tr is not None:
@@ -242,6 +246,7 @@ def p2_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str)
         if "finetune" in stages and (s := task_score(task, stages["finetune"])) is not None:
             teacher[task][stages["finetune"]["key"]] = s
     acc_s, trace_s, sacc_s, strace_s = _stats(acc), _stats(trace), _stats(sweep_acc), _stats(sweep_trace)
+    exact_s = _stats(exact)
     out = ["## P2: STE vs MSQE vs Fisher vs KD at the paper's A/W bit pairs", ""]
     plots: list[Path] = []
     for task in sorted({k[0] for k in acc_s} | {k[0] for k in sacc_s}):
@@ -258,14 +263,17 @@ def p2_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str)
             source, ref = ref_of(aw)
             rows.append([aw, *[_cell(acc_s.get((task, aw, m))) + (f" ({ref[m]:.1f})" if m in ref else "")
                                for m in P2_METHODS], source or "–"])
-            trows.append([aw, *[_cell(trace_s.get((task, aw, m)), 1.0, 3) for m in P2_METHODS]])
+            trows.append([aw, *[_cell(trace_s.get((task, aw, m)), 1.0, 3) + (
+                f" [{_cell(exact_s[(task, aw, m)], 1.0, 3)}]" if (task, aw, m) in exact_s else "") for m in P2_METHODS]])
         out += [f"### {task}", "",
                 f"Accuracy (percent, mean ± sd over seeds), KD at T = {P2_PAPER_T:g}; in parentheses the paper's "
                 f"ResNet-18 figure for the same A/W (column 'paper'). FP32 teacher: {_cell(t_stat)}"
                 + (f" (paper {P2_TEACHER[task]:.1f})" if task in P2_TEACHER else "") + ".", "",
                 _table(["A/W", "STE", "MSQE", "Fisher", "KD", "paper"], rows), ""]
         if trace_s:
-            out += ["Fitted Hessian trace of the loss surface (lower = flatter):", "",
+            out += ["Fitted Hessian trace of the loss surface (lower = flatter; P2's measure, and the one the "
+                    "claims below are checked with); in brackets the exact in-plane curvature dx'Hdx + dy'Hdy "
+                    "at the centre along the same directions:", "",
                     _table(["A/W", "STE", "MSQE", "Fisher", "KD"], trows), ""]
         temps = sorted({k[2] for k in sacc_s if k[0] == task})
         if len(temps) > 1:

@@ -170,7 +170,8 @@ class Landscape(Stage):
             "examples": n, "centre": {"loss": centre.loss, "accuracy": centre.accuracy},
             "hessian": {"trace": found.summary["trace"], "determinant": found.summary["determinant"],
                         "r2": found.summary["r2"], "dropped": found.summary["dropped"],
-                        "traces": [f.trace for f in found.fits]}}
+                        "traces": [f.trace for f in found.fits], "exact_trace": found.summary["exact_trace"],
+                        "exact_traces": [float(h[0, 0] + h[1, 1]) for h in found.exact]}}
         if p["hutchinson_probes"]:
             estimate = hutchinson_trace(model, batches, max_probes=p["hutchinson_probes"],
                                         min_probes=min(10, p["hutchinson_probes"]), seed=p["directions_seed"])
