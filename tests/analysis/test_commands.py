@@ -41,7 +41,9 @@ def test_landscape_command_writes_plots_data_and_reusable_directions(model_dir, 
     assert landscape.run(_args(landscape, [*common, "--out", str(out)])) == 0
     report = json.loads((out / "landscape.json").read_text())
     assert report["examples"] == 40 and report["summary"]["pairs"] == 1 and len(report["fits"]) == 1
-    assert "trace" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "trace" in printed and "exact in-plane curvature" in printed
+    assert np.isfinite(report["summary"]["exact_trace"]["mean"]) and len(report["fits"][0]["exact_hessian"]) == 2
     for name in ("surface_pair0.png", "slices.png", "slices.json", "directions.safetensors"):
         assert (out / name).is_file(), name
     first = Surface2D.load(out / "surface_pair0.npz")
@@ -70,6 +72,24 @@ def test_hessian_command(model_dir, tmp_path, capsys):
     assert "exact trace" in capsys.readouterr().out
 
 
+def test_hessian_command_spectrum_options(model_dir, tmp_path, capsys):
+    out = tmp_path / "s"
+    argv = ["--model", str(model_dir), "--task", "mnist1d", "--eval-size", "24", "--batch-size", "16",
+            "--probes", "2", "--min-probes", "2", "--eig-iters", "6", "--which", "both", "--top", "3", "--density",
+            "--density-steps", "4", "--density-probes", "2", "--layers", "2", "--temperatures", "1", "--out", str(out)]
+    assert hessian.run(_args(hessian, argv)) == 0
+    report = json.loads((out / "hessian.json").read_text())
+    eig = report["eigenvalues"]
+    assert len(eig["top"]) == 3 and eig["top"][0] == pytest.approx(eig["largest"])
+    assert eig["smallest"] <= eig["top"][-1] and eig["iterations"] <= 6
+    assert np.array(report["spectral_density"]["weights"]).shape == (2, 4)
+    assert (out / "spectral_density.png").is_file() and (out / "spectral_density.json").is_file()
+    traces = report["layer_traces"]["traces"]
+    assert "fc.weight" in traces and report["layer_traces"]["probes"] == 2
+    printed = capsys.readouterr().out
+    assert "top eigenvalues" in printed and "per-tensor Hessian trace" in printed and "fc.weight" in printed
+
+
 def test_bad_options_raise_named_errors(model_dir, tmp_path):
     with pytest.raises(FewbitsValueError, match="--grid"):
         landscape.run(_args(landscape, ["--model", str(model_dir), "--task", "mnist1d", "--grid", "2",
@@ -77,3 +97,7 @@ def test_bad_options_raise_named_errors(model_dir, tmp_path):
     with pytest.raises(FewbitsValueError, match="--tol"):
         hessian.run(_args(hessian, ["--model", str(model_dir), "--task", "mnist1d", "--tol", "0",
                                     "--out", str(tmp_path)]))
+    for option, value in (("--top", "0"), ("--density-steps", "1"), ("--layers", "1")):
+        with pytest.raises(FewbitsValueError, match=option):
+            hessian.run(_args(hessian, ["--model", str(model_dir), "--task", "mnist1d", option, value,
+                                        "--out", str(tmp_path)]))

@@ -10,7 +10,8 @@
   double backprop; :func:`top_eigenvalue` (both ends and the top n, Lanczos), :func:`spectral_density`
   (stochastic Lanczos quadrature), :func:`layer_traces` (Hutchinson per parameter tensor).
 - :func:`softmax_curvature`, :func:`temperature_sweep`: P2's exact last-layer trace and its 1/T^2 bound.
-- plots: :func:`plot_surface`, :func:`plot_slices`, :func:`plot_trace_vs_temperature`, :func:`plot_scores`.
+- plots: :func:`plot_surface`, :func:`plot_slices`, :func:`plot_trace_vs_temperature`, :func:`plot_scores`,
+  :func:`plot_spectral_density`.
 
 Everything acts on the *effective* weights (a parametrized, e.g. quantized, weight is analysed at
 its dequantized value) and leaves the model exactly as it was, also when a call raises.
@@ -38,7 +39,6 @@ from fewbits.analysis.fit import Landscape, ParaboloidFit, fit_paraboloid, in_pl
 from fewbits.analysis.hessian import TraceEstimate, hessian_vector_product, hutchinson_trace
 from fewbits.analysis.objective import BatchLoss, Evaluation, classification_objective, evaluate
 from fewbits.analysis.params import effective_parameters, override_parameters
-from fewbits.analysis.plots import plot_scores, plot_slices, plot_surface, plot_trace_vs_temperature
 from fewbits.analysis.spectrum import (
     EigenEstimate,
     LayerTraces,
@@ -46,6 +46,13 @@ from fewbits.analysis.spectrum import (
     layer_traces,
     spectral_density,
     top_eigenvalue,
+)
+from fewbits.analysis.plots import (
+    plot_scores,
+    plot_slices,
+    plot_spectral_density,
+    plot_surface,
+    plot_trace_vs_temperature,
 )
 from fewbits.analysis.surface import Surface1D, Surface2D, grid_coordinates, surface_1d, surface_2d
 
@@ -56,8 +63,8 @@ __all__ = [
     "Surface2D", "TraceEstimate", "check_directions", "classification_objective", "direction_pairs",
     "effective_parameters", "evaluate", "filter_normalize", "find_head", "fit_paraboloid", "grid_coordinates",
     "head_inputs", "hessian_vector_product", "hutchinson_trace", "in_plane_hessian", "landscape", "layer_traces",
-    "load_directions", "override_parameters", "plot_scores", "plot_slices", "plot_surface", "plot_trace_vs_temperature",
-    "random_direction",
+    "load_directions", "override_parameters", "plot_scores", "plot_slices", "plot_spectral_density", "plot_surface",
+    "plot_trace_vs_temperature", "random_direction",
     "save_directions", "softmax_curvature", "spectral_density", "summarize_fits", "surface_1d", "surface_2d",
     "temperature_sweep",
     "top_eigenvalue",

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from fewbits.analysis.spectrum import SpectralDensity
 from fewbits.analysis.surface import Surface1D, Surface2D
 from fewbits.errors import bad_param
 
@@ -148,6 +149,26 @@ def plot_scores(results: Sequence[Any], path: str | Path, *, fp32_score: float |
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_spectral_density(density: SpectralDensity, path: str | Path, *, points: int = 400,
+                          sigma: float | None = None, title: str = "") -> Path:
+    """The Hessian eigenvalue density (stochastic Lanczos quadrature, Gaussian kernels of width
+    ``sigma``, default 1% of the spectrum's span) on a log scale; nodes and weights to ``.json``."""
+    path = _png(path)
+    path.with_suffix(".json").write_text(json.dumps(density.to_dict(), indent=1))
+    low, high = float(density.nodes.min()), float(density.nodes.max())
+    width = sigma if sigma is not None else max(0.01 * (high - low), 1e-12)
+    grid = np.linspace(low - 5 * width, high + 5 * width, points)
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    ax.semilogy(grid, np.maximum(density.density(grid, width), 1e-12))
+    ax.set_xlabel("eigenvalue")
+    ax.set_ylabel("density")
+    ax.set_title(title or f"Hessian spectral density ({density.nodes.shape[0]} probes, {density.nodes.shape[1]} steps)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path

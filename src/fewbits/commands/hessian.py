@@ -5,11 +5,14 @@ the model's trainable effective weights (a quantized weight at its dequantized v
 
 - the trace of the Hessian of the mean loss, from Rademacher probes, stopping once the standard
   error is below --tol times the estimate (at least --min-probes, at most --probes);
-- the eigenvalue of largest magnitude by power iteration (--which both: the largest and smallest);
+- the eigenvalue of largest magnitude by Lanczos (--which both: also the largest and smallest;
+  --top N: the N largest), each with its residual bound;
+- with --density, the eigenvalue density by stochastic Lanczos quadrature (spectral_density.png/.json);
+- with --layers, Hutchinson's trace of each parameter tensor's diagonal block, as a table;
 - for the softmax head (the last Linear layer, or --head), the exact trace of the cross-entropy
   Hessian w.r.t. its weight at each --temperatures value, with the bound (K-1)/(K T^2) mean||x||^2.
 
-Writes hessian.json and trace_vs_temperature.png/.json into --out.
+Writes hessian.json, trace_vs_temperature.png/.json (and spectral_density.png/.json) into --out.
 """
 
 from __future__ import annotations
@@ -29,9 +32,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tol", type=float, default=0.01,
                         help="stop when the standard error is at most this fraction of the trace (0.01)")
     parser.add_argument("--eig-iters", type=int, default=50,
-                        help="most power iterations for the top eigenvalue (50; 0 skips it)")
+                        help="most Lanczos steps (Hessian-vector products) for the eigenvalues (50; 0 skips them); "
+                             "keeps that many parameter-sized vectors in memory")
     parser.add_argument("--which", choices=["magnitude", "both"], default="magnitude",
                         help="magnitude: the eigenvalue of largest |lambda|; both: largest and smallest algebraic")
+    parser.add_argument("--top", type=int, default=1, help="report the N largest eigenvalues (1)")
+    parser.add_argument("--density", action="store_true",
+                        help="eigenvalue density by stochastic Lanczos quadrature, plotted to spectral_density.png")
+    parser.add_argument("--density-steps", type=int, default=30, help="Lanczos steps per density probe (30)")
+    parser.add_argument("--density-probes", type=int, default=5, help="random probes of the density (5)")
+    parser.add_argument("--layers", type=int, default=0, metavar="PROBES",
+                        help="per-parameter-tensor Hutchinson traces with this many probes (0: skip)")
     parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0],
                         help="temperatures for the softmax-head trace and bound (1 2 4 8)")
     parser.add_argument("--head", default=None, help="name of the softmax head module (default: the last Linear)")
@@ -44,7 +55,10 @@ def run(args: argparse.Namespace) -> int:
         find_head,
         head_inputs,
         hutchinson_trace,
+        layer_traces,
+        plot_spectral_density,
         plot_trace_vs_temperature,
+        spectral_density,
         temperature_sweep,
         top_eigenvalue,
     )
@@ -52,7 +66,11 @@ def run(args: argparse.Namespace) -> int:
     from fewbits.errors import bad_param
 
     check_positive(args, ["batch_size", "max_length", "probes", "min_probes", "tol"], "hessian")
-    check_positive(args, ["eval_size", "eig_iters"], "hessian", allow_zero=("eval_size", "eig_iters"))
+    check_positive(args, ["top", "density_steps", "density_probes"], "hessian")
+    check_positive(args, ["eval_size", "eig_iters", "layers"], "hessian", allow_zero=("eval_size", "eig_iters", "layers"))
+    if args.density_steps < 2 or args.layers == 1:
+        raise bad_param("--density-steps" if args.density_steps < 2 else "--layers", "an int >= 2",
+                        args.density_steps if args.density_steps < 2 else args.layers, "fewbits hessian")
     if any(t <= 0 for t in args.temperatures):
         raise bad_param("--temperatures", "positive numbers", args.temperatures, "fewbits hessian")
     out = Path(args.out)
@@ -70,12 +88,28 @@ def run(args: argparse.Namespace) -> int:
     print(f"Hessian trace (Hutchinson, {trace.probes} probes, {state}): "
           f"{trace.trace:.5g} +- {trace.standard_error:.2g}")
     if args.eig_iters:
-        eig = top_eigenvalue(model, batches, which=args.which, max_iter=max(args.eig_iters, 2), seed=args.seed)
+        eig = top_eigenvalue(model, batches, which=args.which, max_iter=max(args.eig_iters, 2), seed=args.seed,
+                             n=args.top)
         report["eigenvalues"] = eig.to_dict()
         line = f"largest-magnitude eigenvalue {eig.largest_magnitude:.5g}"
         if eig.largest is not None:
             line += f"; largest {eig.largest:.5g}, smallest {eig.smallest:.5g}"
-        print(line + ("" if eig.converged else f" (not converged in {args.eig_iters} iterations)"))
+        print(line + ("" if eig.converged else f" (not converged in {eig.iterations} Lanczos steps)"))
+        if args.top > 1:
+            print("top eigenvalues: " + ", ".join(f"{v:.5g} (+-{r:.1g})" for v, r in zip(eig.top, eig.residuals)))
+    if args.density:
+        sd = spectral_density(model, batches, steps=args.density_steps, probes=args.density_probes, seed=args.seed)
+        report["spectral_density"] = sd.to_dict()
+        plot_spectral_density(sd, out / "spectral_density.png", title=f"{task.name}: Hessian spectral density")
+        print(f"spectral density: {args.density_probes} probes x {args.density_steps} Lanczos steps, "
+              f"nodes in [{sd.nodes.min():.4g}, {sd.nodes.max():.4g}] -> {out / 'spectral_density.png'}")
+    if args.layers:
+        per = layer_traces(model, batches, probes=args.layers, seed=args.seed)
+        report["layer_traces"] = per.to_dict()
+        width = max(len(n) for n in per.traces)
+        print(f"per-tensor Hessian trace (Hutchinson, {per.probes} probes):")
+        for name, value in per.traces.items():
+            print(f"  {name:<{width}}  {value:12.5g} +- {per.standard_errors[name]:.2g}")
     if task.num_labels >= 2:
         head_name, _ = find_head(model, args.head)
         features, weight, bias = head_inputs(model, batches, args.head)
