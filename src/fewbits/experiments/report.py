@@ -214,8 +214,8 @@ def p2_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str)
     """Tables, plots and verdicts of P2's runs."""
     clashes: list[str] = []
     acc: dict[tuple, dict[int, float]] = defaultdict(dict)  # (task, A/W, method) at the main T -> {seed: acc}
-    trace: dict[tuple, dict[int, float]] = defaultdict(dict)
-    exact: dict[tuple, dict[int, float]] = defaultdict(dict)  # exact in-plane curvature, same keys as trace
+    trace: dict[tuple, dict[int, float]] = defaultdict(dict)  # fitted trace; exact: in-plane curvature
+    exact: dict[tuple, dict[int, float]] = defaultdict(dict)
     sweep_acc: dict[tuple, dict[int, float]] = defaultdict(dict)  # KD: (task, A/W, T) -> {seed: acc}
     sweep_trace: dict[tuple, dict[int, float]] = defaultdict(dict)
     teacher: dict[str, dict[str, float]] = defaultdict(dict)
@@ -227,16 +227,15 @@ def p2_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str)
         task, seed, aw = c["task"], c.get("seed", 0), _aw(c)
         method, T = c["regularize"]["method"], float(c["regularize"]["temperature"])
         score = task_score(task, stages["regularize"])
-        tr = stages.get("landscape", {}).get("hessian", {}).get("trace", {}).get("mean")
-        ex = stages.get("landscape", {}).get("hessian", {}).get("exact_trace", {}).get("mean")
+        curv = stages.get("landscape", {}).get("hessian", {})
+        tr, ex = curv.get("trace", {}).get("mean"), curv.get("exact_trace", {}).get("mean")
         if score is None:
             continue
         if method != "kd" or T == P2_PAPER_T:
             _put(acc, (task, aw, method), seed, score, clashes)
-            if tr is not None:
-                trace[(task, aw, method)][seed] = tr
-            if ex is not None:
-                exact[(task, aw, method)][seed] = ex
+            for table, value in ((trace, tr), (exact, ex)):
+                if value is not None:
+                    table[(task, aw, method)][seed] = value
         if method == "kd":
             _put(sweep_acc, (task, aw, T), seed, score, [] if T == P2_PAPER_T else clashes)  # T = 4: counted above
             if tr is not None:
@@ -245,8 +244,7 @@ def p2_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str)
             points.append((task, method, T, score, tr))
         if "finetune" in stages and (s := task_score(task, stages["finetune"])) is not None:
             teacher[task][stages["finetune"]["key"]] = s
-    acc_s, trace_s, sacc_s, strace_s = _stats(acc), _stats(trace), _stats(sweep_acc), _stats(sweep_trace)
-    exact_s = _stats(exact)
+    acc_s, trace_s, sacc_s, strace_s, exact_s = map(_stats, (acc, trace, sweep_acc, sweep_trace, exact))
     out = ["## P2: STE vs MSQE vs Fisher vs KD at the paper's A/W bit pairs", ""]
     plots: list[Path] = []
     for task in sorted({k[0] for k in acc_s} | {k[0] for k in sacc_s}):

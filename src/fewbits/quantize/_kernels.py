@@ -4,8 +4,8 @@ Data comes as ``(n_groups, group_size)`` arrays. Values are shifted by a per-gro
 that prefix sums stay small (squared error is shift-invariant). A group's data is summarised as
 sorted *atoms* (distinct values, or histogram bins) with a weight ``c`` (count or sum of
 sample_weight) and a weighted sum ``s``; a cluster of consecutive atoms ``[m, i)`` costs
-``Q - S**2 / C`` with ``C, S, Q`` the prefix-sum differences, and ``Q`` (sum of w*x**2) is additive,
-so the dynamic program only needs ``-S**2 / C``.
+``Q - S**2 / C`` with ``C, S, Q`` the prefix-sum differences. ``optimal``'s dynamic program is in
+:mod:`fewbits.quantize._optimal_dp`.
 
 Nearest-centroid assignment uses a lookup table over ``[lo, hi]``: each table cell stores the code
 of its lowest value, and a value walks up past the few midpoints inside its cell. A value exactly
@@ -15,9 +15,7 @@ on a midpoint goes to the lower centroid everywhere (``code = #{midpoints < x}``
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.extending import intrinsic
+from numba import njit
 
 _NB = {"cache": True, "nogil": True, "error_model": "numpy"}
 
@@ -75,6 +73,29 @@ def _bulk_range(x, g, n, stride, low, high, n_coarse, tail, cnt):
 
 
 @njit(**_NB)
+def _fine_parts(cnt, n_fine, cut):
+    """Cut coarse bin ``b`` into ``2**p[b]`` parts, ``p[b]`` the least with ``2**p[b]`` at least
+    ``n_fine`` times its share of ``sum(cbrt(cnt + 1))``; ``cut[b]`` = (its first fine bin, shift
+    from the finest part to its own). Returns the finest power and the number of fine bins."""
+    n_coarse = cnt.size
+    log_parts = np.zeros(n_coarse, np.int64)  # per group: hoisted, the value pass ran 3.5x slower
+    total = 0.0
+    for b in range(n_coarse):
+        total += np.cbrt(cnt[b] + 1.0)
+    for b in range(n_coarse):
+        share = n_fine * np.cbrt(cnt[b] + 1.0) / total
+        while (1 << log_parts[b]) < share:
+            log_parts[b] += 1
+    finest = log_parts.max()
+    used = 0
+    for b in range(n_coarse):
+        cut[b, 0] = used
+        cut[b, 1] = finest - log_parts[b]
+        used += 1 << log_parts[b]
+    return finest, used
+
+
+@njit(**_NB)
 def _tail_atoms(vals, wts, count, has_sw, mid, out, atom_v, atom_c, atom_s):
     """Sort ``vals[:count]`` (the values beyond the bulk) into exact atoms from ``out`` on."""
     order = np.argsort(vals[:count], kind="mergesort")
@@ -127,20 +148,7 @@ def histogram_atoms(x, sw, has_sw, lo, hi, n_coarse, n_fine, tail_cap, center, p
         mid = 0.5 * (low + high)
         center[g] = mid
         width = (high - low) / n_coarse
-        log_parts = np.zeros(n_coarse, np.int64)  # per group: hoisted, the value pass below ran 3.5x slower
-        total = 0.0
-        for b in range(n_coarse):
-            total += np.cbrt(cnt[b] + 1.0)
-        for b in range(n_coarse):
-            share = n_fine * np.cbrt(cnt[b] + 1.0) / total
-            while (1 << log_parts[b]) < share:
-                log_parts[b] += 1
-        finest = log_parts.max()
-        used = 0
-        for b in range(n_coarse):
-            cut[b, 0] = used
-            cut[b, 1] = finest - log_parts[b]
-            used += 1 << log_parts[b]
+        finest, used = _fine_parts(cnt, n_fine, cut)
         fine_width = width / (1 << finest)
         last = (n_coarse << finest) - 1
         mask = (1 << finest) - 1
@@ -219,318 +227,6 @@ def _prefix(c, s, q, a, b, pc, ps, pq):
         pc[t + 1] = pc[t] + c[a + t]
         ps[t + 1] = ps[t] + s[a + t]
         pq[t + 1] = pq[t] + q[a + t]
-
-
-@intrinsic
-def _fma(typingctx, a, b, c):
-    """``a * b + c`` rounded once (LLVM's fma), for the exact products of double-double arithmetic."""
-    sig = types.float64(types.float64, types.float64, types.float64)
-
-    def codegen(context, builder, signature, args):
-        f64 = ir.DoubleType()
-        fn = builder.module.declare_intrinsic("llvm.fma", [f64], ir.FunctionType(f64, [f64, f64, f64]))
-        return builder.call(fn, args)
-
-    return sig, codegen
-
-
-@njit(**_NB)
-def _two_sum(a, b):
-    """``a + b`` as an unevaluated pair ``(s, e)`` with ``s + e`` exact (Knuth)."""
-    s = a + b
-    v = s - a
-    return s, (a - (s - v)) + (b - v)
-
-
-@njit(**_NB)
-def _dd_add(ah, al, bh, bl):
-    """Double-double sum ``(ah + al) + (bh + bl)``."""
-    s, e = _two_sum(ah, bh)
-    e += al + bl
-    h = s + e
-    return h, e - (h - s)
-
-
-@njit(**_NB)
-def _dd_mul(ah, al, b):
-    """Double-double product ``(ah + al) * b`` for a double ``b``."""
-    p = ah * b
-    e = _fma(ah, b, -p) + al * b
-    h = p + e
-    return h, e - (h - p)
-
-
-@njit(**_NB)
-def _weighted_rank(c, a, n, frac, total):
-    """First atom index (from ``a``) at which the cumulative weight reaches ``frac * total``."""
-    t = 0
-    acc = c[a]
-    while t < n - 1 and acc < frac * total:
-        t += 1
-        acc += c[a + t]
-    return t
-
-
-@njit(**_NB)
-def _anchored_sums(v, c, a, n, pre):
-    """Double-double prefix sums of weight, ``w*e`` and ``w*e**2`` with ``e`` the distance to the
-    weighted median (the pivot), anchored at the first atom ``p`` of the bulk (the lowest value
-    within 64 interquartile ranges of the lower quartile): ``pre[i] - pre[m]`` are the sums over
-    atoms ``[m, i)``, and a row only adds the atoms between ``p`` and it, so outliers below the
-    bulk never enter the sums of the bulk, and those above it only the rows past them. Without
-    outliers ``p = 0``: plain prefix sums from the lowest value. Row layout:
-    ``(C, c_lo, S, s_lo, Q, q_lo)``."""
-    total = 0.0
-    for t in range(n):
-        total += c[a + t]
-    low = v[a + _weighted_rank(c, a, n, 0.25, total)]
-    spread = v[a + _weighted_rank(c, a, n, 0.75, total)] - low
-    pivot = v[a + _weighted_rank(c, a, n, 0.5, total)]
-    p = 0
-    while p < n - 1 and v[a + p] < low - 64.0 * spread:
-        p += 1
-    pre[p, :] = 0.0
-    for t in range(p, n):  # rows above p: add atom t
-        e = v[a + t] - pivot
-        w = c[a + t]
-        sh, sl = _dd_mul(w, 0.0, e)
-        qh, ql = _dd_mul(sh, sl, e)
-        pre[t + 1, 0], pre[t + 1, 1] = _dd_add(pre[t, 0], pre[t, 1], w, 0.0)
-        pre[t + 1, 2], pre[t + 1, 3] = _dd_add(pre[t, 2], pre[t, 3], sh, sl)
-        pre[t + 1, 4], pre[t + 1, 5] = _dd_add(pre[t, 4], pre[t, 5], qh, ql)
-    for t in range(p - 1, -1, -1):  # rows below p: subtract atom t
-        e = v[a + t] - pivot
-        w = c[a + t]
-        sh, sl = _dd_mul(w, 0.0, e)
-        qh, ql = _dd_mul(sh, sl, e)
-        pre[t, 0], pre[t, 1] = _dd_add(pre[t + 1, 0], pre[t + 1, 1], -w, 0.0)
-        pre[t, 2], pre[t, 3] = _dd_add(pre[t + 1, 2], pre[t + 1, 3], -sh, -sl)
-        pre[t, 4], pre[t, 5] = _dd_add(pre[t + 1, 4], pre[t + 1, 5], -qh, -ql)
-
-
-#: A row of the program is trusted in plain doubles when the rounding bound of its candidates
-#: (about 4 eps times the sums of squares about the pivot that enter them) is at most this fraction
-#: of the row's least error. Else, if the best candidate beats the second by more than twice the
-#: bound, only its value is recomputed in double-double; otherwise the whole row is.
-EXACT_TRUST = 2.0 ** -30
-HISTOGRAM_TRUST = 2.0 ** -16  # the bins already cost up to 1.6e-5
-
-
-@njit(**_NB)
-def _sse_dd(pre, v, c, a, m, i):
-    """Weighted squared error of atoms ``[m, i)``: up to 16 atoms directly from their values (two
-    passes); longer runs in double-double, ``Q - 2 mu S + mu**2 C`` with ``mu`` the rounded mean,
-    exact up to ``C`` times the square of mu's rounding (second order)."""
-    if i - m <= 1:
-        return 0.0
-    if i - m <= 16:
-        cw = 0.0
-        sw = 0.0
-        for t in range(a + m, a + i):
-            cw += c[t]
-            sw += c[t] * v[t]
-        if cw <= 0.0:
-            return 0.0
-        mean = sw / cw
-        err = 0.0
-        for t in range(a + m, a + i):
-            err += c[t] * (v[t] - mean) ** 2
-        return err
-    qh, ql = _dd_add(pre[i, 4], pre[i, 5], -pre[m, 4], -pre[m, 5])
-    sh, sl = _dd_add(pre[i, 2], pre[i, 3], -pre[m, 2], -pre[m, 3])
-    ch, cl = _dd_add(pre[i, 0], pre[i, 1], -pre[m, 0], -pre[m, 1])
-    if ch + cl <= 0.0:
-        return 0.0
-    mu = sh / ch
-    th, tl = _dd_mul(sh, sl, -2.0 * mu)
-    uh, ul = _dd_mul(ch, cl, mu)
-    uh, ul = _dd_mul(uh, ul, mu)
-    rh, rl = _dd_add(qh, ql, th, tl)
-    rh, rl = _dd_add(rh, rl, uh, ul)
-    return max(rh + rl, 0.0)
-
-
-@njit(**_NB)
-def _shifted_candidate(shifted, fast, m, ci, si):
-    """``shifted[m] - S**2 / C`` of atoms ``[m, i)`` from the plain sums (``ci, si``: row ``i``)."""
-    dc = ci - fast[0, m]
-    ds = si - fast[1, m]
-    return shifted[m] - (ds * ds / dc if dc > 0.0 else 0.0)
-
-
-@njit(inline="always", **_NB)  # a call per row passing four arrays cost 1.4x the whole program
-def _row_min(shifted, total, pre, fast, v, c, a, trust, i, lo, hi):
-    """Leftmost ``m`` in ``[lo, hi]`` minimising ``total[m] + cost(m, i)``: ``(shifted, total, m)``
-    of that minimum.
-
-    ``total[m]`` is the least error of atoms ``[0, m)`` in the layer's clusters, ``shifted[m]`` the
-    same minus ``Q[m]`` (``fast`` holds ``C, S, Q`` rounded to doubles), so that a candidate is
-    ``shifted[m] - S**2 / C + Q[i]`` and the scan needs the last term only once. If the row's
-    rounding bound is above ``trust`` of its minimum, the runner-up decides: a gap above twice
-    the bound keeps the argmin and recomputes only its value in double-double, else every
-    candidate is recomputed so from ``total``.
-    """
-    ci = fast[0, i]
-    si = fast[1, i]
-    best = np.inf
-    best_m = lo
-    for m in range(lo, hi + 1):
-        val = _shifted_candidate(shifted, fast, m, ci, si)
-        if val < best:
-            best = val
-            best_m = m
-    qi = fast[2, i]
-    bound = 4e-15 * (abs(qi) + max(abs(fast[2, lo]), abs(fast[2, hi])) + abs(shifted[best_m]))
-    if bound > trust * (best + qi):
-        return _row_min_careful(shifted, total, pre, fast, v, c, a, trust, i, lo, hi, best, best_m, bound)
-    return best, best + qi, best_m
-
-
-@njit(**_NB)
-def _row_min_careful(shifted, total, pre, fast, v, c, a, trust, i, lo, hi, best, best_m, bound):
-    """:func:`_row_min` for a row whose rounding bound is above ``trust`` of its minimum."""
-    ci = fast[0, i]
-    si = fast[1, i]
-    qi = fast[2, i]
-    second = np.inf
-    for m in range(lo, hi + 1):
-        val = _shifted_candidate(shifted, fast, m, ci, si)
-        if m != best_m and val < second:
-            second = val
-    if second - best > 2.0 * (bound + trust * (best + qi)):  # a certain argmin: only its value in double-double
-        exact = total[best_m] + _sse_dd(pre, v, c, a, best_m, i)
-        return exact - qi, exact, best_m
-    best = np.inf
-    for m in range(lo, hi + 1):
-        val = total[m] + _sse_dd(pre, v, c, a, m, i)
-        if val < best:
-            best = val
-            best_m = m
-    return best - qi, best, best_m
-
-
-@njit(**_NB)
-def _dp_bounds(pre, fast, v, c, a, trust, n, k, arg, bounds):
-    """Exact optimal partition of ``n`` sorted atoms into ``k`` (possibly empty) clusters.
-
-    Wang & Song's dynamic program over layers ``j`` (clusters so far) and prefixes ``i``, with
-    sums anchored at the median atom (a run of outliers never enters the bulk's sums) and rows
-    whose rounding could decide the argmin redone in double-double (see :func:`_row_min`). The
-    cost is Monge, so the leftmost optimal split ``arg[j, i]`` is monotone in ``i`` and in ``j``.
-    Early layers find their row minima by divide and conquer over ``i`` (O(n log n) each); once
-    clusters are small (``j**2 * 5 * log2(n) > n``) a layer scans each ``i`` only between
-    ``arg[j - 1, i]`` and ``arg[j, i + 1]`` (Knuth's bounds, about O(n + n**2 / j**2)), which makes
-    2**8 levels on a group some 10x cheaper. The last layer needs only ``i = n`` (one O(n) scan;
-    at 1 bit that is the whole program). ``bounds`` gets ``k + 1`` atom indices: cluster ``c`` is
-    atoms ``[bounds[c], bounds[c + 1])``.
-    """
-    prev = np.empty(n + 1, np.float64)  # shifted (total - Q) least errors of the last layer
-    prev_t = np.zeros(n + 1, np.float64)  # total least errors of the last layer
-    cur = np.empty(n + 1, np.float64)
-    cur_t = np.empty(n + 1, np.float64)
-    prev[0] = -fast[2, 0]
-    for i in range(n, -1, -1):  # one cluster: atoms [0, i); reads only row 0
-        prev[i], prev_t[i], _ = _row_min(prev, prev_t, pre, fast, v, c, a, trust, i, 0, 0)
-        arg[0, i] = 0
-    stack = np.empty((256, 4), np.int64)
-    log_n = np.log2(max(n, 2))
-    for j in range(1, k - 1):
-        if j * j * 5.0 * log_n > n:
-            upper = n
-            for i in range(n, -1, -1):
-                cur[i], cur_t[i], upper = _row_min(prev, prev_t, pre, fast, v, c, a, trust, i, arg[j - 1, i], min(upper, i))
-                arg[j, i] = upper
-        else:
-            stack[0, 0] = 0
-            stack[0, 1] = n
-            stack[0, 2] = 0
-            stack[0, 3] = n
-            top = 1
-            while top > 0:
-                top -= 1
-                ilo = stack[top, 0]
-                ihi = stack[top, 1]
-                mlo = stack[top, 2]
-                mhi = stack[top, 3]
-                mid = (ilo + ihi) // 2
-                cur[mid], cur_t[mid], best_m = _row_min(prev, prev_t, pre, fast, v, c, a, trust, mid,
-                                                        max(mlo, arg[j - 1, mid]), min(mhi, mid))
-                arg[j, mid] = best_m
-                if mid - 1 >= ilo:
-                    stack[top, 0] = ilo
-                    stack[top, 1] = mid - 1
-                    stack[top, 2] = mlo
-                    stack[top, 3] = best_m
-                    top += 1
-                if mid + 1 <= ihi:
-                    stack[top, 0] = mid + 1
-                    stack[top, 1] = ihi
-                    stack[top, 2] = best_m
-                    stack[top, 3] = mhi
-                    top += 1
-        prev, cur = cur, prev
-        prev_t, cur_t = cur_t, prev_t
-    _, _, arg[k - 1, n] = _row_min(prev, prev_t, pre, fast, v, c, a, trust, n, arg[k - 2, n], n)  # the last layer: i = n only
-    bounds[k] = n
-    for j in range(k - 1, 0, -1):
-        bounds[j] = arg[j, bounds[j + 1]]
-    bounds[0] = 0
-
-
-@njit(**_NB)
-def _centroids_from_bounds(atom_v, atom_c, a, bounds, k, out):
-    """Mean of each cluster, summed over its atoms (one pass over all, and no prefix sum far out
-    in it); an empty one (no weight) takes its nearest atom value, keeping order."""
-    last = atom_v[a] if a < atom_v.size else 0.0
-    for j in range(k):
-        lo_, hi_ = bounds[j], bounds[j + 1]
-        cw = 0.0
-        sw = 0.0
-        for t in range(a + lo_, a + hi_):
-            cw += atom_c[t]
-            sw += atom_c[t] * atom_v[t]
-        if cw > 0.0:
-            out[j] = sw / cw
-            last = out[j]
-        elif hi_ > lo_:
-            out[j] = atom_v[a + lo_]  # only zero-weight atoms: keep a value among them
-            last = out[j]
-        else:
-            out[j] = last
-    for j in range(k - 2, -1, -1):  # leading empties copy the first real centroid
-        if out[j] > out[j + 1]:
-            out[j] = out[j + 1]
-
-
-@njit(**_NB)
-def optimal_centroids(ptr, atom_v, atom_c, k, trust, out):
-    """Optimal (least weighted squared error) ``k`` centroids of every group's atoms, sorted; ``trust``:
-    the relative rounding a row of the program may keep (``EXACT_TRUST``, ``HISTOGRAM_TRUST``)."""
-    n_groups = ptr.size - 1
-    max_n = 0
-    for g in range(n_groups):
-        max_n = max(max_n, ptr[g + 1] - ptr[g])
-    pre = np.empty((max_n + 1, 6), np.float64)
-    fast = np.empty((3, max_n + 1), np.float64)
-    arg = np.empty((k, max_n + 1), np.int32)
-    bounds = np.empty(k + 1, np.int64)
-    for g in range(n_groups):
-        a = ptr[g]
-        n = ptr[g + 1] - a
-        if n == 0:
-            out[g, :] = 0.0
-            continue
-        _anchored_sums(atom_v, atom_c, a, n, pre)
-        if n <= k:  # every atom its own cluster: zero error
-            for j in range(k + 1):
-                bounds[j] = min(j, n)
-        else:
-            for t in range(n + 1):
-                fast[0, t] = pre[t, 0] + pre[t, 1]
-                fast[1, t] = pre[t, 2] + pre[t, 3]
-                fast[2, t] = pre[t, 4] + pre[t, 5]
-            _dp_bounds(pre, fast, atom_v, atom_c, a, trust, n, k, arg, bounds)
-        _centroids_from_bounds(atom_v, atom_c, a, bounds, k, out[g])
 
 
 @njit(**_NB)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from fewbits.errors import bad_param
-from fewbits.quantize import _kernels
+from fewbits.quantize import _kernels, _optimal_dp
 from fewbits.quantize.base import (QuantizedTensor, check_bits, check_sample_weight, check_weight,
                                    resolve_group_size)
 
@@ -242,8 +242,8 @@ def optimal(weight: torch.Tensor, bits: int, *, groups: int | str | None = None,
                         f"(the exact table would take {4 * k * data.x.shape[1] / 2**30:.1f} GiB)", mode, "optimal")
     ptr, v, c, _, _ = _sorted_atoms(data, centred=False) if mode == "exact" else _histogram_atoms(data, bits, n_bins)
     centroids = np.empty((data.n_groups, k))
-    trust = _kernels.EXACT_TRUST if mode == "exact" else _kernels.HISTOGRAM_TRUST
-    _kernels.optimal_centroids(ptr, v, c, k, trust, centroids)
+    trust = _optimal_dp.EXACT_TRUST if mode == "exact" else _optimal_dp.HISTOGRAM_TRUST
+    _optimal_dp.optimal_centroids(ptr, v, c, k, trust, centroids)
     codes, wsum, xsum = _assign(data, centroids)
     with np.errstate(invalid="ignore", divide="ignore"):
         codebook = np.where(wsum > 0, xsum / wsum, centroids)
