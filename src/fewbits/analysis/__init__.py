@@ -39,6 +39,13 @@ from fewbits.analysis.fit import Landscape, ParaboloidFit, fit_paraboloid, in_pl
 from fewbits.analysis.hessian import TraceEstimate, hessian_vector_product, hutchinson_trace
 from fewbits.analysis.objective import BatchLoss, Evaluation, classification_objective, evaluate
 from fewbits.analysis.params import effective_parameters, override_parameters
+from fewbits.analysis.plots import (
+    plot_scores,
+    plot_slices,
+    plot_spectral_density,
+    plot_surface,
+    plot_trace_vs_temperature,
+)
 from fewbits.analysis.spectrum import (
     EigenEstimate,
     LayerTraces,
@@ -46,13 +53,6 @@ from fewbits.analysis.spectrum import (
     layer_traces,
     spectral_density,
     top_eigenvalue,
-)
-from fewbits.analysis.plots import (
-    plot_scores,
-    plot_slices,
-    plot_spectral_density,
-    plot_surface,
-    plot_trace_vs_temperature,
 )
 from fewbits.analysis.surface import Surface1D, Surface2D, grid_coordinates, surface_1d, surface_2d
 
