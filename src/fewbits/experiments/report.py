@@ -105,7 +105,9 @@ def _save(fig: Any, path: Path) -> Path:
 # --- P1 -----------------------------------------------------------------------------------------------------
 
 def p1_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str) -> Section:
-    """Tables, plot and verdicts of P1's runs."""
+    """Tables, plot and verdicts of P1's runs (the iteration study's runs have their own table: report_extra)."""
+    from fewbits.experiments.report_extra import is_iteration_variant
+
     clashes: list[str] = []
     cells: dict[tuple, dict[int, float]] = defaultdict(dict)  # (model, scheme, bits, task) -> {seed: score}
     fp32: dict[tuple, dict[str, float]] = defaultdict(dict)  # (model, task) -> {finetune key: score}
@@ -116,7 +118,7 @@ def p1_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str)
         c, stages = r["config"], r["stages"]
         model, task, seed = c["model"], c["task"], c.get("seed", 0)
         final = stages.get("finetune_quantized") or stages.get("quantize")
-        if final is None or "quantize" not in c:
+        if final is None or "quantize" not in c or is_iteration_variant(c):
             continue
         key = (model, c["quantize"]["scheme"], c["quantize"]["bits"], task)
         if (score := task_score(task, final)) is not None:
@@ -489,10 +491,13 @@ def build_report(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: st
              f"{v.get('python')}.", ""]
     if sweeps:
         parts += ["Sweeps that computed these runs:", "", *sweeps, ""]
+    from fewbits.experiments.report_extra import extra_sections
+
     sections = []
     for paper, build in (("P1", p1_section), ("P2", p2_section), ("P3", p3_section)):
         if by_paper.get(paper):
             sections.append(build(by_paper[paper], plots_dir, link))
+            sections += extra_sections(paper, by_paper[paper], plots_dir, link)
     verdicts = [vd for s in sections for vd in s.verdicts]
     clashes = [c for s in sections for c in s.clashes]
     if clashes:
