@@ -165,3 +165,20 @@ def test_real_files_match_the_recorded_splits() -> None:
     summary = S.set_summary("tweets")
     assert (summary["kept"], summary["positive"]) == (3432, 2345)
     assert summary["raters"]["mean_differs"] == 199 and summary["raters"]["max"] == 99
+
+
+def test_task_names_and_options(tmp_path: Path) -> None:
+    from fewbits.data import TASKS
+    from fewbits.errors import FewbitsValueError
+
+    assert [t for t in TASKS if t.startswith("sentences/")] == S.TASK_NAMES == [
+        "sentences/movies", "sentences/movies-regression", "sentences/tweets", "sentences/tweets-regression",
+        "sentences/nyt", "sentences/nyt-regression", "sentences/amazon", "sentences/amazon-regression"]
+    write_set(tmp_path, "movies")
+    with pytest.raises(FewbitsValueError, match="none \\(this task takes no options\\). Got seed instead"):
+        load_task("sentences/movies", tmp_path, seed=1)
+
+
+def test_repeated_id(tmp_path: Path) -> None:
+    with pytest.raises(FewbitsError, match="line 3: not a GroundTruth line: id '1' is empty or repeated"):
+        S.read_ground_truth(write(tmp_path / "g.txt", ["1\t1\ta", "2\t1\tb", "1\t2\tc"]))
