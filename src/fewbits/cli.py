@@ -16,7 +16,7 @@ from fewbits.errors import FewbitsError
 
 # verb -> (module, one-line help). Add a verb by adding a line here and a module beside it.
 VERBS: dict[str, tuple[str, str]] = {
-    "data": ("fewbits.commands.data", "set-up: fetch the human-rated sentences (vaderSentiment sdist); show split counts"),
+    "data": ("fewbits.commands.data", "set-up: fetch the rated sentences (vaderSentiment sdist); show their splits"),
     "demo": ("fewbits.commands.demo", "quantize the offline default model with every scheme and print the table"),
     "finetune": ("fewbits.commands.finetune", "fine-tune a model on a task and save it (the full-precision start)"),
     "eval": ("fewbits.commands.eval", "evaluate a fine-tuned model on a task with the task's official metrics"),
