@@ -22,11 +22,13 @@ Tasks, per set ``S``:
 - ``sentences/S``: binary polarity, mean >= 0.5 positive (1), mean <= -0.5 negative (0), the rest dropped;
 - ``sentences/S-regression``: the mean rating, scored like STS-B (Pearson, Spearman).
 
-Splits are made once, the same for both tasks of a set: items with the same text (after stripping
-spaces) form one group, groups are stratified by their first item's mean (<= -0.5, in between, >= 0.5),
-and per stratum (in that order) a permutation drawn from ``numpy.random.default_rng(SPLIT_SEED)`` puts
-the first groups in 'test', the next in 'dev' and the rest in 'train'; the stratum's share of the
-:data:`DEV_ITEMS` and :data:`TEST_ITEMS` groups is proportional to its size (largest remainders round).
+Splits are made once, the same for both tasks of a set: items with the same text (after ``str.strip``)
+form one group, listed in order of first appearance; each group's stratum is its first item's mean
+(<= -0.5, in between, >= 0.5). One ``numpy.random.default_rng(SPLIT_SEED)`` then draws, for each stratum
+in that order, ``permutation(number of its groups)``: the groups at its first ``n_test`` positions go to
+'test', the next ``n_dev`` to 'dev', the rest to 'train', where ``n_test`` and ``n_dev`` are the stratum's
+shares of :data:`TEST_ITEMS` (800) and :data:`DEV_ITEMS` (200) groups, proportional to its number of
+groups (floors, then one more to the largest remainders, ties to the earlier stratum).
 Each split is identified by the sha256 of its ids, one per line in file order, each line ending in
 ``\\n``. The hashes of the real files are recorded in :mod:`fewbits.data.sentence_splits` and checked
 whenever the real file (by its sha256) is read, so every number refers to the same examples.
