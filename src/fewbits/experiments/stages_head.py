@@ -55,7 +55,7 @@ class Head(Stage):
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         from fewbits.nn.targets import head_names
-        from fewbits.sparsify import load_base
+        from fewbits.protocols.mask import load_base
         from fewbits.train import train
 
         task = load_task(ctx)
