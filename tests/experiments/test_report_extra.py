@@ -107,3 +107,17 @@ def test_p2_cost_of_quantization(tmp_path: Path) -> None:
     assert "| 2/2 | 80.0 ± 0.0 | +10.5 ± 0.7 (n=2) |" in text
     assert verdicts(text)["(ours) quantization costs >= 3 points here, so the setting can separate the methods"] \
         == "partly holds"
+
+
+def test_p2_one_seed_is_shown_not_judged(tmp_path: Path) -> None:
+    res = tmp_path / "res"
+    write_result(res, "P2", {"pipeline": ["finetune"], "model": "resnet8", "task": "fashion-mnist", "seed": 0,
+                             "finetune": {"max_steps": 825}}, {"finetune": acc(0.85)})
+    write_result(res, "P2", {"pipeline": ["finetune", "ste", "regularize"], "model": "resnet8", "task": "fashion-mnist",
+                             "seed": 0, "ste": {"abits": 2, "wbits": 2}, "regularize": {"method": "ste",
+                                                                                      "temperature": 4.0}},
+                 {"finetune": acc(0.84, key="t0"), "ste": acc(0.74), "regularize": acc(0.75)})
+    text = write_report(res)[0].read_text()
+    assert "| 2/2 | 74.0 | +10.0 ± 0.0 (n=1) | – | – | – |" in text
+    assert verdicts(text)["(ours) quantization costs >= 3 points here, so the setting can separate the methods"] \
+        == "not testable"

@@ -209,7 +209,7 @@ def p2_costs(results: Sequence[Mapping[str, Any]]) -> Section | None:
         rows = []
         for aw in sorted({k[1] for k in ste if k[0] == task}, key=lambda a: tuple(-int(x) for x in a.split("/"))):
             costs = [paired(ref, final.get((task, aw, m), {})) for m in ("ste", "msqe", "fisher", "kd")]
-            if costs[0] is not None:
+            if has_spread(costs[0]):
                 verdict.check(costs[0].mean >= QUANTIZATION_COST, f"{task} {aw}: {_diff_cell(costs[0])}")
             rows.append([aw, _cell(Stat.of(list(ste[(task, aw)].values()))), *map(_diff_cell, costs)])
         out += [_table(["A/W", "after STE phase", "cost: STE", "cost: MSQE", "cost: Fisher", "cost: KD"], rows), ""]
