@@ -13,7 +13,7 @@ from typing import Any
 from fewbits.errors import bad_param
 from fewbits.experiments.base import Stage, StageContext
 from fewbits.experiments.stages_common import (TRAIN_DEFAULTS, check_train, drop_checkpoints, evaluate_all,
-                                               load_task, prior_metrics, train_config, train_record)
+                                               load_task, train_config, train_record)
 from fewbits.experiments.stages_mask import BASE_DIR
 
 LORA_PARAM_BITS = 16  # adapters are stored in fp16/bf16
@@ -55,6 +55,7 @@ class Head(Stage):
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         from fewbits.nn.targets import head_names
+        from fewbits.protocols.common import prior_metrics
         from fewbits.protocols.mask import load_base
         from fewbits.train import train
 
