@@ -114,9 +114,9 @@ class TrainResult:
     best_metric: float | None  # best value of task.main_metric over the evaluations
     best_step: int | None  # step at which it was reached
     history: list[dict[str, Any]] = field(default_factory=list)  # every evaluation record
-    train_examples_per_s: float = 0.0  # training throughput of this session (all processes)
-    eval_examples_per_s: float = 0.0  # evaluation throughput of this session
-    seconds: float = 0.0  # wall time of this session
+    train_examples_per_s: float = 0.0  # training throughput over the whole run, resumed sessions included
+    eval_examples_per_s: float = 0.0  # evaluation throughput over the whole run
+    seconds: float = 0.0  # wall time of the whole run (every session up to its last checkpoint, then this one)
     last_checkpoint: Path | None = None
     best_checkpoint: Path | None = None
 
@@ -256,14 +256,17 @@ def _optimizer(model: nn.Module, config: TrainConfig, param_groups: ParamGroups 
 
 
 def _resume(metrics_log: ckpt.MetricsLog | None, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-            config: TrainConfig, rank: int) -> tuple[int, float | None, int | None, list]:
-    """``(step, best_metric, best_step, history)`` from the last checkpoint when resuming (loaded into the model,
-    optimizer, schedule and RNGs), or a fresh start; the metrics log (main process) restarts to match."""
+            config: TrainConfig, rank: int) -> tuple[int, float | None, int | None, list, dict[str, Any]]:
+    """``(step, best_metric, best_step, history, totals)`` from the last checkpoint when resuming (loaded into the
+    model, optimizer, schedule and RNGs; ``totals``: time and examples of the sessions before it), or a fresh
+    start; the metrics log (main process) restarts to match."""
     last = ckpt.latest_checkpoint(config.out_dir) if config.resume else None
     if last is None:
+        if config.resume:
+            log.warning("no checkpoint in %s to resume from: training starts from the beginning", config.out_dir)
         if metrics_log is not None:
             metrics_log.restart(None)
-        return 0, None, None, []
+        return 0, None, None, [], {}
     state = ckpt.load_trainer_state(last)
     changed = {k: (v, state["config"].get(k)) for k, v in config.resume_fields().items()
                if state["config"].get(k) != v}
@@ -279,7 +282,7 @@ def _resume(metrics_log: ckpt.MetricsLog | None, model: nn.Module, optimizer: to
     log.info("resumed from %s at step %d", last, state["step"])
     if metrics_log is not None:
         metrics_log.restart(state["step"])
-    return state["step"], state["best_metric"], state["best_step"], state["history"]
+    return state["step"], state["best_metric"], state["best_step"], state["history"], dict(state.get("totals", {}))
 
 
 def _save(accelerator: Any, config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
@@ -395,12 +398,19 @@ def train(model: nn.Module, task: Task, config: TrainConfig, *, tokenizer: Any =
     model = accelerator.unwrap_model(ddp_model)
     device = accelerator.device
     metrics_log = ckpt.MetricsLog(config.out_dir) if config.out_dir is not None else None
-    step, best_metric, best_step, history = _resume(metrics_log if main else None, model, optimizer, scheduler,
-                                                    config, rank)
+    step, best_metric, best_step, history, totals = _resume(metrics_log if main else None, model, optimizer,
+                                                            scheduler, config, rank)
+    # time and examples of the sessions before a resume (up to the checkpoint), so totals cover the whole run
+    before = {"train_s": 0.0, "eval_s": 0.0, "trained": 0, "evaluated": 0, "seconds": 0.0, **totals}
 
-    def save(at_step: int, is_best: bool) -> None:
+    def save(at_step: int, is_best: bool, training_s: float = 0.0) -> None:
+        """Checkpoint ``at_step``; ``training_s``: training time of the current epoch not yet in train_time."""
         _save(accelerator, config, model, optimizer, scheduler, at_step, is_best,
-              {"best_metric": best_metric, "best_step": best_step, "history": history})
+              {"best_metric": best_metric, "best_step": best_step, "history": history,
+               "totals": {"train_s": before["train_s"] + train_time + training_s,
+                          "eval_s": before["eval_s"] + eval_time, "trained": before["trained"] + trained,
+                          "evaluated": before["evaluated"] + evaluated,
+                          "seconds": before["seconds"] + time.perf_counter() - started}})
 
     bar = tqdm(total=total_steps, initial=step, unit="step", file=sys.stderr, dynamic_ncols=True,
                disable=not (main and config.progress), desc=f"train {task.name}")
@@ -442,13 +452,15 @@ def train(model: nn.Module, task: Task, config: TrainConfig, *, tokenizer: Any =
                     save(step, is_best)
                 tick = time.perf_counter()
             elif config.out_dir is not None and config.save_every and step % config.save_every == 0:
-                save(step, False)
+                save(step, False, time.perf_counter() - tick)
     bar.close()
     accelerator.wait_for_everyone()
+    train_time, eval_time = before["train_s"] + train_time, before["eval_s"] + eval_time
+    trained, evaluated = before["trained"] + trained, before["evaluated"] + evaluated
     return TrainResult(step=step, metrics=metrics, best_metric=best_metric, best_step=best_step, history=history,
                        train_examples_per_s=trained / train_time if train_time else 0.0,
                        eval_examples_per_s=evaluated / eval_time if eval_time else 0.0,
-                       seconds=time.perf_counter() - started,
+                       seconds=before["seconds"] + time.perf_counter() - started,
                        last_checkpoint=ckpt.latest_checkpoint(config.out_dir) if config.out_dir is not None else None,
                        best_checkpoint=ckpt.latest_checkpoint(config.out_dir, "best") if config.out_dir else None)
 
