@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from fewbits.commands.landscape import add_common_arguments, check_positive, evaluation_batches, load_for_analysis
 from fewbits.commands.preflight import apply_threads, check_out_dir
