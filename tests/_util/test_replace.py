@@ -19,7 +19,7 @@ import torch
 from fewbits._util import replace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "io"))
-from _io_helpers import bin_quantizer  # noqa: E402
+from _attack_kinds import saver  # noqa: E402
 
 WRITE_MODES = set("wxa+")
 
@@ -29,27 +29,6 @@ def snapshot(folder: Path) -> dict[str, bytes] | None:
     if not folder.exists():
         return None
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
-
-
-def codebook_save(seed: int) -> Callable[[Path], None]:
-    """fewbits.save of a compressed tiny BERT with its tokenizer, different per seed."""
-    import fewbits
-    from fewbits.models.hf import tiny_bert
-
-    torch.manual_seed(seed)
-    model, tokenizer = tiny_bert()
-    fewbits.compress(model, bin_quantizer, 2)
-    return lambda path: fewbits.save(model, path, tokenizer=tokenizer)
-
-
-def mask_save(seed: int) -> Callable[[Path], None]:
-    """A task mask artifact (two masks and a head), different per seed."""
-    from fewbits.io.mask_codec import write_mask_artifact
-
-    gen = torch.Generator().manual_seed(seed)
-    masks = {"a": torch.rand(64, 32, generator=gen) > 0.1, "b": torch.rand(300, generator=gen) > 0.5}
-    head = {"classifier.weight": torch.randn(2, 32, generator=gen), "classifier.bias": torch.zeros(2)}
-    return lambda path: write_mask_artifact(path, masks, head, base_sha256="ab" * 32, base_source="base")
 
 
 def killed_at(step: int, save: Callable[[Path], None], target: Path, exchange: bool) -> bool:
@@ -95,8 +74,8 @@ def test_kill_at_every_step_of_a_save_leaves_old_or_new_whole(tmp_path: Path, ki
     if exchange and replace._RENAMEAT2 is None:
         pytest.skip("no renameat2 here")
     torch.set_num_threads(1)
-    make = codebook_save if kind == "codebook" else mask_save
-    old_save, new_save = make(0), make(1)
+    old_save, new_save = saver(kind if kind == "mask" else "codebook-bert", 0, tmp_path), \
+        saver(kind if kind == "mask" else "codebook-bert", 1, tmp_path)
     reference = tmp_path / "ref"
     old_save(reference / "old")
     new_save(reference / "new")

@@ -44,12 +44,12 @@ def _fail(path: Path, problem: str, fix: str) -> ArtifactError:
     return ArtifactError(f"{path}: {problem}; {fix}.")
 
 
-def read_member(directory: Path, name: str, *, size: int | None = None, max_bytes: int | None = None,
-                fix: str = "save it again") -> bytes:
-    """The bytes of the regular file ``directory/name``, refusing links, special files and unexpected sizes.
+def check_member(directory: Path, name: str, *, size: int | None = None, max_bytes: int | None = None,
+                 fix: str = "save it again") -> os.stat_result:
+    """``lstat`` of ``directory/name``, refused unless a regular file of the expected size; nothing is opened.
 
-    ``size``: the exact size the file must have (checked before reading); ``max_bytes``: an upper bound.
-    Raises ArtifactError naming the file: missing, not a regular file (which kind), or of another size.
+    ``size``: the exact size the file must have; ``max_bytes``: an upper bound. Raises ArtifactError naming
+    the file: missing, not a regular file (which kind), or of another size.
     """
     path = directory / name
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
@@ -63,6 +63,15 @@ def read_member(directory: Path, name: str, *, size: int | None = None, max_byte
     if not stat.S_ISREG(seen.st_mode):
         raise _fail(path, f"{_kind(seen.st_mode)}, not a regular file (an artifact holds only regular files)", fix)
     _check_size(path, seen.st_size, size, max_bytes, fix)
+    return seen
+
+
+def read_member(directory: Path, name: str, *, size: int | None = None, max_bytes: int | None = None,
+                fix: str = "save it again") -> bytes:
+    """The bytes of the regular file ``directory/name`` (see :func:`check_member`), opened without following a
+    link or blocking on a FIFO, checked to be the file looked at, read exactly."""
+    path = directory / name
+    seen = check_member(directory, name, size=size, max_bytes=max_bytes, fix=fix)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
@@ -112,18 +121,21 @@ def _depth(value: Any) -> int:
 
 
 def parse_json(data: bytes, path: Path, *, max_depth: int = MAX_JSON_DEPTH, fix: str = "save it again",
-               want: type = dict) -> Any:
-    """Bounded JSON of a file already read: UTF-8, at most ``max_depth`` levels, a ``want`` at the top."""
+               want: type = dict, label: str = "") -> Any:
+    """Bounded JSON of a file already read: UTF-8, at most ``max_depth`` levels, a ``want`` at the top.
+
+    ``label`` names the JSON part of a file in messages ("corrupt safetensors header: ...")."""
+    where = f"corrupt {label}: " if label else ""
     try:
         value = json.loads(data.decode("utf-8"))
     except RecursionError:
-        raise _fail(path, f"JSON nested deeper than {max_depth} levels", fix) from None
+        raise _fail(path, f"{where}JSON nested deeper than {max_depth} levels", fix) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _fail(path, f"not valid JSON ({str(exc).splitlines()[0][:120]})", fix) from None
+        raise _fail(path, f"{where}not valid JSON ({str(exc).splitlines()[0][:120]})", fix) from None
     if _depth(value) > max_depth:
-        raise _fail(path, f"JSON nested deeper than {max_depth} levels", fix)
+        raise _fail(path, f"{where}JSON nested deeper than {max_depth} levels", fix)
     if not isinstance(value, want):
-        raise _fail(path, f"a JSON {type(value).__name__}, not a JSON {want.__name__}", fix)
+        raise _fail(path, f"{where}a JSON {type(value).__name__}, not a JSON {want.__name__}", fix)
     return value
 
 

@@ -53,7 +53,9 @@ class Method:
     ``apply(model, config)`` transforms a model in place; ``write(model, **options) -> Saved``;
     ``check(stored)`` validates the manifest section and tensor sizes, raising ArtifactError;
     ``read(model, stored) -> model`` installs the stored method onto a freshly built base model;
-    ``summary(stored) -> dict`` gives the sizes ``fewbits info`` prints (optional).
+    ``summary(stored) -> dict`` gives the sizes ``fewbits info`` prints (optional);
+    ``fit(model, stored)`` checks the stored tensors against a base model from shapes alone, before anything is
+    allocated (it runs on a model built on the meta device; ``read`` must run it too).
     """
 
     name: str
@@ -63,3 +65,4 @@ class Method:
     check: Callable[[Stored], None]
     read: Callable[[nn.Module, Stored], nn.Module]
     version: int = 1
+    fit: Callable[[nn.Module, Stored], None] | None = None
