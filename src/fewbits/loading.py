@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.modules.module import register_module_module_registration_hook
 
 from fewbits._util.fs import sha256_hex
-from fewbits._util.untrusted import private_copy
+from fewbits._util.untrusted import parse_json, private_copy
 from fewbits.errors import ArtifactError, FewbitsValueError, bad_param
 from fewbits.io import container
 from fewbits.io.container import Artifact, read_artifact
@@ -77,9 +77,32 @@ def _source(artifact: Artifact) -> Path:
     return artifact.directory / (CONFIG_FILE if artifact.base.get("kind") == "transformers" else MANIFEST_FILE)
 
 
+def _check_numbers(artifact: Artifact, tensors: int) -> None:
+    """Every int of the base's description (config.json, or a built-in's arguments) at most what the tensors can
+    fill, and the label count at most a head the tensors can hold: checked before the config itself is built
+    (transformers makes a dict of ``num_labels`` entries at once)."""
+    description = artifact.config() if artifact.base.get("kind") == "transformers" else artifact.base.get("args", {})
+    stack: list[tuple[str, object]] = [("", description)]
+    while stack:
+        key, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((f"{key}.{k}".lstrip("."), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{key}[{i}]", v) for i, v in enumerate(value))
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > 8 * tensors + VALUES_SLACK:
+            raise ArtifactError(f"{_source(artifact)}: {key} = {value} is more than the {tensors:,} bytes of "
+                                f"{artifact.tensors_file} can fill (altered?); save the model again.")
+    for key in ("num_labels", "num_classes"):
+        labels = description.get(key)
+        if isinstance(labels, int) and labels > tensors // 2:  # a head row takes at least 16 stored bits
+            raise ArtifactError(f"{_source(artifact)}: {key} = {labels} is more than a head {artifact.tensors_file} "
+                                "can hold (altered?); save the model again.")
+
+
 def meta_base(artifact: Artifact, build: Callable[[Artifact], nn.Module]) -> nn.Module:
     """``build(artifact)`` on the meta device, refused when it is larger than the artifact's tensors can fill."""
     tensors = len(artifact.files[artifact.tensors_file])
+    _check_numbers(artifact, tensors)
     limit = MODULES_PER_TENSOR * len(artifact.entries) + MODULE_SLACK
     try:
         with _module_budget(limit), torch.device("meta"):
@@ -209,9 +232,10 @@ def load_with_tokenizer(directory: str | os.PathLike, *, model: nn.Module | None
     tokenizer = None
     if artifact.base["kind"] == "artifact" and model is None:
         model, tokenizer = _mask_base(artifact, base)
-    elif artifact.tokenizer_files:
-        tokenizer = load_tokenizer(artifact.directory)
-    return container.load(artifact, model=model, build_base=_build), tokenizer
+    model = container.load(artifact, model=model, build_base=_build)
+    if artifact.tokenizer_files:
+        tokenizer = _tokenizer(artifact)
+    return model, tokenizer
 
 
 def load(directory: str | os.PathLike, *, model: nn.Module | None = None,
@@ -229,7 +253,11 @@ def load(directory: str | os.PathLike, *, model: nn.Module | None = None,
 
 def load_tokenizer(directory: str | os.PathLike) -> Any:
     """The tokenizer saved with the artifact (``fewbits.save(..., tokenizer=...)``)."""
-    artifact = read_artifact(directory)
+    return _tokenizer(read_artifact(directory))
+
+
+def _tokenizer(artifact: Artifact) -> Any:
+    """The tokenizer of an artifact already read, from a private copy of its checked bytes."""
     if not artifact.tokenizer_files:
         raise ArtifactError(f"{artifact.directory / MANIFEST_FILE}: the artifact was saved without a tokenizer; "
                             "pass tokenizer= to fewbits.save.")
@@ -238,6 +266,11 @@ def load_tokenizer(directory: str | os.PathLike) -> Any:
     # transformers reads files by path: give it a private copy of the bytes already read and checked, so that
     # nothing it opens can be a link, a FIFO or a file changed since
     files = {name: artifact.files[name] for name in (*artifact.tokenizer_files, "config.json") if name in artifact.files}
+    for name, content in files.items():  # bounded JSON first: transformers' own parsing would recurse without end
+        if name.endswith(".json"):
+            parse_json(content, artifact.directory / name, fix="save the model again")
+    if CONFIG_FILE in files:  # transformers may build the config, which sizes a dict by num_labels
+        _check_numbers(artifact, len(artifact.files[artifact.tensors_file]))
     try:
         with private_copy(files) as folder:
             return AutoTokenizer.from_pretrained(folder, local_files_only=True)
