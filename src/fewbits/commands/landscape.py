@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 from fewbits.commands.preflight import add_threads_argument, apply_threads, check_out_dir

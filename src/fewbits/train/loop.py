@@ -285,6 +285,19 @@ def _resume(metrics_log: ckpt.MetricsLog | None, model: nn.Module, optimizer: to
     return state["step"], state["best_metric"], state["best_step"], state["history"], dict(state.get("totals", {}))
 
 
+def _counters(totals: Mapping[str, Any]) -> tuple[float, float, float, int, int]:
+    """The clock (as a start time) and the time and example counters of a run, going on from the ``totals`` of the
+    sessions before a resume (up to its checkpoint), so that what a run reports covers all of it."""
+    return (time.perf_counter() - totals.get("seconds", 0.0), totals.get("train_s", 0.0), totals.get("eval_s", 0.0),
+            totals.get("trained", 0), totals.get("evaluated", 0))
+
+
+def _totals(started: float, train_s: float, eval_s: float, trained: int, evaluated: int) -> dict[str, Any]:
+    """What a checkpoint records of the run so far, for :func:`_counters` to go on from on resume."""
+    return {"train_s": train_s, "eval_s": eval_s, "trained": trained, "evaluated": evaluated,
+            "seconds": time.perf_counter() - started}
+
+
 def _save(accelerator: Any, config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
           at_step: int, is_best: bool, progress: dict[str, Any]) -> None:
     """A checkpoint at ``at_step`` (every process's RNG state gathered; the main process writes)."""
@@ -397,24 +410,17 @@ def train(model: nn.Module, task: Task, config: TrainConfig, *, tokenizer: Any =
     ddp_model, acc_optimizer = accelerator.prepare(model, optimizer)  # DDP wrapper with several processes
     model = accelerator.unwrap_model(ddp_model)
     device = accelerator.device
-    metrics_log = ckpt.MetricsLog(config.out_dir) if config.out_dir is not None else None
-    step, best_metric, best_step, history, totals = _resume(metrics_log if main else None, model, optimizer,
-                                                            scheduler, config, rank)
-    # time and examples of the sessions before a resume (up to the checkpoint), so totals cover the whole run
-    before = {"train_s": 0.0, "eval_s": 0.0, "trained": 0, "evaluated": 0, "seconds": 0.0, **totals}
+    metrics_log = ckpt.MetricsLog(config.out_dir) if config.out_dir is not None and main else None
+    step, best_metric, best_step, history, totals = _resume(metrics_log, model, optimizer, scheduler, config, rank)
 
-    def save(at_step: int, is_best: bool, training_s: float = 0.0) -> None:
-        """Checkpoint ``at_step``; ``training_s``: training time of the current epoch not yet in train_time."""
-        _save(accelerator, config, model, optimizer, scheduler, at_step, is_best,
-              {"best_metric": best_metric, "best_step": best_step, "history": history,
-               "totals": {"train_s": before["train_s"] + train_time + training_s,
-                          "eval_s": before["eval_s"] + eval_time, "trained": before["trained"] + trained,
-                          "evaluated": before["evaluated"] + evaluated,
-                          "seconds": before["seconds"] + time.perf_counter() - started}})
+    def save(at_step: int, is_best: bool, training_s: float = 0.0) -> None:  # training_s: not yet in train_time
+        _save(accelerator, config, model, optimizer, scheduler, at_step, is_best, {
+            "best_metric": best_metric, "best_step": best_step, "history": history,
+            "totals": _totals(started, train_time + training_s, eval_time, trained, evaluated)})
 
     bar = tqdm(total=total_steps, initial=step, unit="step", file=sys.stderr, dynamic_ncols=True,
                disable=not (main and config.progress), desc=f"train {task.name}")
-    started, train_time, eval_time, trained, evaluated = time.perf_counter(), 0.0, 0.0, 0, 0
+    started, train_time, eval_time, trained, evaluated = _counters(totals)
     running_loss, running_steps = torch.zeros((), device=device), 0
     metrics: dict[str, float] = history[-1]["metrics"] if history else {}
     ddp_model.train()
@@ -434,7 +440,7 @@ def train(model: nn.Module, task: Task, config: TrainConfig, *, tokenizer: Any =
             trained += config.batch_size
             if step % config.log_every == 0 or step == total_steps:
                 speed = trained / max(train_time + time.perf_counter() - tick, 1e-9)
-                _log_train(accelerator, bar, metrics_log if main else None, running_loss, running_steps, speed,
+                _log_train(accelerator, bar, metrics_log, running_loss, running_steps, speed,
                            {"step": step, "epoch": step / steps_per_epoch, "lr": scheduler.get_last_lr()[0]})
                 running_loss, running_steps = torch.zeros((), device=device), 0
             bar.update(1)
@@ -447,7 +453,7 @@ def train(model: nn.Module, task: Task, config: TrainConfig, *, tokenizer: Any =
                 is_best = best_metric is None or metrics[task.main_metric] > best_metric
                 if is_best:
                     best_metric, best_step = metrics[task.main_metric], step
-                history.append(_eval_record(metrics_log if main else None, task, step, steps_per_epoch, metrics))
+                history.append(_eval_record(metrics_log, task, step, steps_per_epoch, metrics))
                 if config.out_dir is not None:
                     save(step, is_best)
                 tick = time.perf_counter()
@@ -455,12 +461,10 @@ def train(model: nn.Module, task: Task, config: TrainConfig, *, tokenizer: Any =
                 save(step, False, time.perf_counter() - tick)
     bar.close()
     accelerator.wait_for_everyone()
-    train_time, eval_time = before["train_s"] + train_time, before["eval_s"] + eval_time
-    trained, evaluated = before["trained"] + trained, before["evaluated"] + evaluated
     return TrainResult(step=step, metrics=metrics, best_metric=best_metric, best_step=best_step, history=history,
                        train_examples_per_s=trained / train_time if train_time else 0.0,
                        eval_examples_per_s=evaluated / eval_time if eval_time else 0.0,
-                       seconds=before["seconds"] + time.perf_counter() - started,
+                       seconds=time.perf_counter() - started,
                        last_checkpoint=ckpt.latest_checkpoint(config.out_dir) if config.out_dir is not None else None,
                        best_checkpoint=ckpt.latest_checkpoint(config.out_dir, "best") if config.out_dir else None)
 
