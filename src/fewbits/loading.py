@@ -276,7 +276,8 @@ def _tokenizer(artifact: Artifact) -> Any:
             return AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except Exception as exc:  # transformers raises many kinds for damaged tokenizer files
         first = str(exc).splitlines()[0][:200] if str(exc) else ""
-        raise ArtifactError(f"{artifact.directory}: cannot load the tokenizer ({type(exc).__name__}: {first}).") from exc
+        raise ArtifactError(f"{artifact.directory}: cannot load the tokenizer from "
+                            f"{', '.join(artifact.tokenizer_files)} ({type(exc).__name__}: {first}).") from exc
 
 
 def artifact_folder(path: Path) -> Path | None:

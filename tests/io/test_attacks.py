@@ -293,3 +293,14 @@ def test_random_byte_damage_loads_identically_or_is_refused(built, tmp_path_fact
             assert "\n" not in str(exc) and str(folder) in str(exc)
             return
     assert torch.equal(outputs_of(model, built[kind].inputs), built[kind].outputs)
+
+
+@pytest.mark.parametrize("name, content", [("tokenizer.json", b'{"version": "1.0", "model": 5}'),
+                                           ("tokenizer_config.json", b'[1, 2]')])
+def test_tokenizer_files_rewritten_consistently(built, tmp_path, name, content):
+    """Checksums made to agree with nonsense: the tokenizer is refused in one line naming its files."""
+    folder = fresh_copy(built["codebook-bert"], tmp_path)
+    write_consistent(folder, name, content)
+    with watched(folder, []), pytest.raises(ArtifactError) as info:
+        built["codebook-bert"].load(folder)
+    assert "\n" not in str(info.value) and name in str(info.value)
