@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import TOY_RECIPE, journal_lines, write_recipe
+from sweep_helpers import TOY_RECIPE, journal_lines, write_recipe
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from toy_stages import TOY_STAGES

@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import TOY_RECIPE, journal_lines, write_recipe
+from sweep_helpers import TOY_RECIPE, journal_lines, write_recipe
 from toy_stages import TOY_STAGES
 
 from fewbits.errors import FewbitsValueError
