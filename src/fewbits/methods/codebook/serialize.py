@@ -8,6 +8,12 @@ model's ``state_dict``: biases, norms, the head, buffers). Manifest section::
      "layers": {"<layer>": {"shape": [...], "dtype": "float32", "bits": 4, "scheme": "kmeans",
                             "n_groups": 1, "tied": ["<other module sharing this weight>", ...]}},
      "aliases": {"<state key>": "<state key stored once for both>"}}
+
+Section version 2 (``"version": 2`` in the section, written only when some layer keeps outliers, so
+every other artifact stays readable by older fewbits): a layer may hold ``"outliers": k``, with
+tensors ``outlier_index.<layer>`` (sorted flat positions, int32, ``(k,)``) and
+``outlier_values.<layer>`` (exact values in the codebook dtype, ``(k,)``) of the weights kept beside
+the codebook.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from fewbits.quantize.base import MAX_BITS
 from fewbits.quantize.pack import pack, packed_nbytes, unpack
 
 CODEBOOK_DTYPES = ("float32", "float16")
+SECTION_VERSION = 2  # 2: layers may keep outliers
+OUTLIER_TENSORS = ("outlier_index", "outlier_values")
 
 
 def _check_saveable(model: nn.Module) -> dict[str, tuple[nn.Module, Codebook]]:
@@ -82,9 +90,16 @@ def write(model: nn.Module, *, codebook_dtype: str | torch.dtype = "float32") ->
         tensors[f"codebook.{name}"] = cb.codebook.detach().to("cpu", DTYPE_NAMES[name_dtype]).contiguous()
         layers[name] = {"shape": list(cb.shape), "dtype": dtype_name(cb.codebook.dtype), "bits": cb.bits,
                         "scheme": cb.scheme, "n_groups": cb.n_groups, "tied": []}
+        if cb.n_outliers:
+            tensors[f"outlier_index.{name}"] = cb.outlier_index.to("cpu", torch.int32)
+            tensors[f"outlier_values.{name}"] = cb.outlier_values.detach().to("cpu", DTYPE_NAMES[name_dtype])
+            layers[name]["outliers"] = cb.n_outliers
     state, aliases = plain_state(model, set(found))
     tensors.update({f"state.{k}": v for k, v in state.items()})
-    return Saved(tensors, {"codebook_dtype": name_dtype, "layers": layers, "aliases": aliases}, model)
+    data: dict[str, Any] = {"codebook_dtype": name_dtype, "layers": layers, "aliases": aliases}
+    if any("outliers" in layer for layer in layers.values()):
+        data = {"version": SECTION_VERSION, **data}
+    return Saved(tensors, data, model)
 
 
 def _expect(ok: bool, stored: Stored, what: str) -> None:
@@ -107,6 +122,9 @@ def _check_layer(name: str, layer: object, stored: Stored) -> None:
     tied = layer.get("tied")
     _expect(isinstance(tied, list) and all(isinstance(t, str) for t in tied), stored,
             f"{where}: 'tied' must be a list of names")
+    outliers = layer.get("outliers", 0)
+    _expect(is_int(outliers) and outliers < math.prod(shape) and (stored.data.get("version", 1) >= 2 or not outliers),
+            stored, f"{where}: 'outliers' must be an int in [0, the weight's size) (section version 2)")
 
 
 def _fail(stored: Stored, problem: str) -> ArtifactError:
@@ -116,6 +134,11 @@ def _fail(stored: Stored, problem: str) -> ArtifactError:
 def check(stored: Stored) -> None:
     """Types and ranges of the section; every layer has its codes and codebook at the sizes its bits imply."""
     data, entries = stored.data, stored.entries
+    version = data.get("version", 1)
+    _expect(is_int(version, 1), stored, "'version' must be a positive int")
+    if version > SECTION_VERSION:
+        raise ArtifactError(f"{stored.path.parent / 'fewbits.json'}: its codebook section has version {version}, "
+                            f"newer than the version {SECTION_VERSION} this fewbits reads; upgrade fewbits.")
     _expect(data.get("codebook_dtype") in CODEBOOK_DTYPES, stored, f"'codebook_dtype' must be one of {CODEBOOK_DTYPES}")
     _expect(isinstance(data.get("layers"), dict), stored, "'layers' must be an object")
     aliases = data.get("aliases")
@@ -135,7 +158,14 @@ def check(stored: Stored) -> None:
         if book.dtype != codebook_dtype or book.shape != want:
             raise _fail(stored, f"codebook of layer {name!r}: expected {data['codebook_dtype']} {list(want)}, "
                                 f"found {book.dtype} {list(book.shape)}")
-    known = {f"{kind}.{name}" for name in data["layers"] for kind in ("codes", "codebook")}
+        k = layer.get("outliers", 0)
+        index, values = (entries.get(f"{kind}.{name}") for kind in OUTLIER_TENSORS)
+        if k and (index is None or values is None or index.dtype != torch.int32 or index.shape != (k,)
+                  or values.dtype != codebook_dtype or values.shape != (k,)):
+            raise _fail(stored, f"outliers of layer {name!r}: expected {k} int32 positions and {k} "
+                                f"{data['codebook_dtype']} values")
+    known = {f"{kind}.{name}" for name, layer in data["layers"].items()
+             for kind in ("codes", "codebook") + (OUTLIER_TENSORS if layer.get("outliers") else ())}
     stray = sorted(n for n in entries if n not in known and not n.startswith("state."))
     if stray:
         raise _fail(stored, f"unexpected tensors {stray[:5]}")
@@ -190,7 +220,14 @@ def read(model: nn.Module, stored: Stored, *, where: str = "") -> nn.Module:
         codes = unpack(tensors[f"codes.{name}"], bits, math.prod(shape)).reshape(shape)
         device = modules[name].weight.device
         book = tensors[f"codebook.{name}"].to(device, DTYPE_NAMES[layer["dtype"]])
-        codebooks.append(([name, *layer["tied"]], Codebook(codes.to(device), book, bits, layer["scheme"])))
+        index = values = None
+        if layer.get("outliers"):
+            index, values = tensors[f"outlier_index.{name}"].long(), tensors[f"outlier_values.{name}"]
+        try:
+            cb = Codebook(codes.to(device), book, bits, layer["scheme"], index, values)
+        except FewbitsValueError as exc:
+            raise ArtifactError(f"{stored.path}: layer {name!r}: {exc}") from exc
+        codebooks.append(([name, *layer["tied"]], cb))
     with torch.no_grad():
         model.load_state_dict(state, strict=False)
     for members, cb in codebooks:
