@@ -191,7 +191,7 @@ def describe(directory: str | os.PathLike | Artifact) -> ArtifactSummary | MaskS
                   entries[f"codes.{name}"].nbytes, entries[f"codebook.{name}"].nbytes, tuple(layer["tied"]),
                   layer.get("outliers", 0), sum(entries[f"{kind}.{name}"].nbytes for kind in
                                                 ("outlier_index", "outlier_values") if layer.get("outliers")))
-        for name, layer in manifest["layers"].items()
+        for name, layer in data["layers"].items()
     ]
     plain: list[TensorEntry] = [e for n, e in entries.items() if n.startswith("state.")]
     header = artifact.header_bytes + artifact.manifest_bytes + len(artifact.files.get(CONFIG_FILE, b""))
