@@ -38,7 +38,7 @@ def test_default_sensitivity_parameters_leave_the_key_unchanged() -> None:
 
 @pytest.mark.parametrize("settings, words", [
     ({"quantize.importance": "adam"}, "'quantize.importance'"),
-    ({"quantize.bits": 0.5}, "'quantize.bits'"), ({"quantize.bits": 8.5}, "'quantize.bits'"),
+    ({"quantize.bits": 0.5}, "Stage 'quantize': The 'bits'"), ({"quantize.bits": 8.5}, "Stage 'quantize': The 'bits'"),
     ({"quantize.scheme": "linear", "quantize.outliers": 0.01}, "'outliers'"),
     ({"quantize.bits": "2"}, "'quantize.bits'"),
 ])
