@@ -172,15 +172,15 @@ def _goals(results: list[dict], fp32: dict[int, dict]) -> list[str]:
     fp = statistics.mean(f["accuracy"] for f in fp32.values()) if fp32 else float("nan")
     for key, when in (("before", "right after quantization"), ("after", "after centroid fine-tuning")):
         u3 = _cell_values(results, "uniform", 3, key)
-        m25 = _cell_values(results, "mixed+fisher", 2.5, key)
-        if u3 and m25:
-            ok = statistics.mean(m25) >= statistics.mean(u3) - 0.005
-            lines.append(f"- Goal 1 ({when}): mixed+fisher at 2.5 bits {100 * statistics.mean(m25):.2f}% vs uniform "
-                         f"3-bit {100 * statistics.mean(u3):.2f}%: {'met' if ok else 'not met'} (within 0.5 points).")
+        for name in ("mixed+fisher", "mixed+adam", "mixed+fisher+0.1% outliers", "mixed+fisher+0.5% outliers"):
+            m25 = _cell_values(results, name, 2.5, key)
+            if u3 and m25:
+                ok = statistics.mean(m25) >= statistics.mean(u3) - 0.005
+                lines.append(f"- Goal 1 ({when}): {name} at 2.5 bits {100 * statistics.mean(m25):.2f}% vs uniform "
+                             f"3-bit {100 * statistics.mean(u3):.2f}%: {'met' if ok else 'not met'} (within 0.5 points).")
         u2 = _cell_values(results, "uniform", 2, key)
-        best = max(((statistics.mean(v), name) for name in ("mixed+fisher+0.5% outliers", "mixed+fisher+0.1% outliers",
-                                                            "mixed+fisher")
-                    if (v := _cell_values(results, name, 2, key))), default=None)
+        best = max(((statistics.mean(v), name) for name in ("mixed+fisher+0.5% outliers", "mixed+fisher+0.1% outliers")
+                    if (v := _cell_values(results, name, 2, key))), default=None)  # importance + outliers, equal size
         if u2 and best:
             gap = fp - statistics.mean(u2)
             closed = (best[0] - statistics.mean(u2)) / gap if gap > 0 else float("nan")
