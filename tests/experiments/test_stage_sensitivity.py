@@ -21,9 +21,9 @@ def test_mixed_bits_with_fisher_and_outliers_in_a_sweep(tmp_path: Path) -> None:
                          {"quantize.bits": [2, 2.5]})
     by_bits = {r["config"]["quantize"]["bits"]: r["stages"]["quantize"] for r in results}
     assert sorted(type(b).__name__ for b in by_bits) == ["float", "int"]  # each kept as given
-    assert "layer_bits" not in by_bits[2] and by_bits[2]["outliers"] > 0
+    assert set(by_bits[2]["layer_bits"].values()) == {2} and by_bits[2]["outliers"] > 0 and not by_bits[2]["plan"]
     mixed = by_bits[2.5]
-    assert len(set(mixed["layer_bits"].values())) > 1 and mixed["plan_bytes"] <= mixed["budget_bytes"]
+    assert len(set(mixed["layer_bits"].values())) > 1 and mixed["plan"]["bytes"] <= mixed["plan"]["budget_bytes"]
 
 
 def test_default_sensitivity_parameters_leave_the_key_unchanged() -> None:
