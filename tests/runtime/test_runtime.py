@@ -186,3 +186,18 @@ def test_from_codebook_round_trip() -> None:
     assert packed.codes.numel() == packed_nbytes(63, 5)
     assert torch.equal(packed.decode(), cb().detach())
     assert torch.equal(packed.to_codebook().codes, codes)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 64])
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_long_spans_decode_through_the_tables_bit_for_bit(bits: int, groups: int) -> None:
+    """Spans of >= 2048 codes (1, 2, 4 bits) and >= 65536 (3, 6 bits) take the table paths; 64 groups do not."""
+    generator = torch.Generator().manual_seed(bits)
+    codes = torch.randint(0, 1 << bits, (256, 520), dtype=torch.uint8, generator=generator)
+    cb = Codebook(codes, torch.randn(groups, 1 << bits, generator=generator), bits)
+    packed = PackedWeight.from_codebook(cb)
+    expected = cb().detach()
+    assert torch.equal(packed.decode(), expected)
+    buffer = torch.empty(256 * 520)
+    assert torch.equal(packed.decode_rows(37, 201, buffer), expected[37:201])
+    assert torch.equal(packed.decode_rows_at(torch.tensor([255, 0, 17])), expected[[255, 0, 17]])

@@ -3,9 +3,16 @@
 Codes are the artifact's little-endian bit stream (``fewbits.quantize.pack``): code ``i`` of a weight
 occupies bits ``[i * bits, (i + 1) * bits)``, the weight is flat and row-major, and its codebook has one
 row per group of ``group_size`` consecutive codes. Where a span starts on a multiple of 8 codes inside a
-group of whole multiples of 8, eight codes are read at once from ``bits`` whole bytes, with ``bits`` a
-compile-time constant (one inlined copy of the loop per bit width: 0.27-0.5 ns per weight on one core,
-against 1.0-1.8 ns with ``bits`` a run-time value); any other span is read code by code.
+group of whole multiples of 8:
+
+- 1, 2 and 4 bits copy each byte's values from a 256-entry table (built per call from the codebook row)
+  as 64-bit words, and 3 and 6 bits each 12-bit piece's from a 4096-entry table: 0.13-0.17 ns per weight
+  on one core, 3.5x faster than decoding code by code (0.44-0.58 ns);
+- 8 bits index the codebook with the byte itself;
+- 5 and 7 bits (and short spans) read eight codes at once from ``bits`` whole bytes, with ``bits`` a
+  compile-time constant (one inlined copy per width; 1.0-1.8 ns per weight with a run-time ``bits``).
+
+Any other span is read code by code.
 """
 
 from __future__ import annotations
@@ -52,6 +59,84 @@ def _aligned(packed, bits, book, byte, n_chunks, out, k):
 
 
 @njit(**_NB)
+def _byte_table(packed, bits, book, byte, n_bytes, out, k):
+    """1, 2 or 4 bits: each byte's ``8 / bits`` values copied from a 256-entry table as 64-bit words."""
+    per = 8 // bits
+    mask = (1 << bits) - 1
+    table = np.empty((256, per), np.float32)
+    for b in range(256):
+        for t in range(per):
+            table[b, t] = book[(b >> (t * bits)) & mask]
+    _copy_words(table.reshape(-1).view(np.int64), packed[byte:byte + n_bytes],
+                out[k:k + n_bytes * per].view(np.int64), per // 2)
+
+
+@njit(**_NB)
+def _piece_table(packed, bits, book, byte, n_triples, out, k):
+    """3 or 6 bits: three bytes are two 12-bit pieces of ``12 / bits`` codes, copied from a 4096-entry table."""
+    per = 12 // bits
+    mask = (1 << bits) - 1
+    table = np.empty((4096, per), np.float32)
+    for p in range(4096):
+        for t in range(per):
+            table[p, t] = book[(p >> (t * bits)) & mask]
+    words = table.reshape(-1).view(np.int64)
+    dst = out[k:k + n_triples * 2 * per].view(np.int64)
+    if per == 2:  # 6 bits: one 64-bit word per piece
+        for i in range(n_triples):
+            b0, b1, b2 = np.int64(packed[byte]), np.int64(packed[byte + 1]), np.int64(packed[byte + 2])
+            dst[2 * i] = words[b0 | ((b1 & 15) << 8)]
+            dst[2 * i + 1] = words[(b1 >> 4) | (b2 << 4)]
+            byte += 3
+    else:  # 3 bits: two words per piece
+        for i in range(n_triples):
+            b0, b1, b2 = np.int64(packed[byte]), np.int64(packed[byte + 1]), np.int64(packed[byte + 2])
+            lo, hi = (b0 | ((b1 & 15) << 8)) * 2, ((b1 >> 4) | (b2 << 4)) * 2
+            dst[4 * i], dst[4 * i + 1] = words[lo], words[lo + 1]
+            dst[4 * i + 2], dst[4 * i + 3] = words[hi], words[hi + 1]
+            byte += 3
+
+
+@njit(**_NB)
+def _copy_words(words, index, dst, half):
+    """``dst[i*half:(i+1)*half] = words[index[i]*half:...]``, one loop per width so each unrolls."""
+    if half == 1:
+        for i in range(index.shape[0]):
+            dst[i] = words[index[i]]
+    elif half == 2:
+        for i in range(index.shape[0]):
+            src = index[i] * 2
+            dst[2 * i] = words[src]
+            dst[2 * i + 1] = words[src + 1]
+    else:
+        for i in range(index.shape[0]):
+            src = index[i] * 4
+            dst[4 * i] = words[src]
+            dst[4 * i + 1] = words[src + 1]
+            dst[4 * i + 2] = words[src + 2]
+            dst[4 * i + 3] = words[src + 3]
+
+
+@njit(**_NB)
+def _span_aligned(packed, bits, book, i, n, out, k):
+    """Decode ``n`` codes (a multiple of 8) from code ``i`` (a multiple of 8) with one codebook row ``book``.
+
+    Long spans of 1, 2, 4 (and 3, 6) bits go through a table of whole bytes (12-bit pieces), built per
+    call; 8 bits index the codebook directly; the rest take eight codes at a time.
+    """
+    byte = (i >> 3) * bits
+    if bits == 8:
+        for t in range(n):
+            out[k + t] = book[packed[byte + t]]
+    elif (bits == 1 or bits == 2 or bits == 4) and n >= 2048:
+        _byte_table(packed, bits, book, byte, (n * bits) >> 3, out, k)
+    elif (bits == 3 or bits == 6) and n >= 65536 and n % 16 == 0:
+        _piece_table(packed, bits, book, byte, (n * bits) // 24, out, k)
+    else:
+        _aligned(packed, bits, book, byte, n >> 3, out, k)
+
+
+@njit(**_NB)
 def _code_at(packed, bits, i):
     """Code number ``i`` of the stream (a 16-bit window holds any code of at most 8 bits)."""
     pos = i * bits
@@ -72,10 +157,10 @@ def decode_span(packed, bits, codebook, group_size, start, count, out):
         stop = min(end, (g + 1) * group_size)
         book = codebook[g]
         if aligned and stop - i >= 8:
-            n_chunks = (stop - i) >> 3
-            _aligned(packed, bits, book, (i >> 3) * bits, n_chunks, out, k)
-            i += n_chunks << 3
-            k += n_chunks << 3
+            n = (stop - i) & ~7
+            _span_aligned(packed, bits, book, i, n, out, k)
+            i += n
+            k += n
         while i < stop:
             out[k] = book[_code_at(packed, bits, i)]
             i += 1
