@@ -14,7 +14,7 @@ from fewbits.nn import Codebook, codebook_modules
 from fewbits.nn.activations import activation_quantizers, add_activation_quantizer
 from fewbits.nn.mask import apply_mask
 from fewbits.quantize.pack import pack, packed_nbytes
-from fewbits.runtime import (PackedConv, PackedConv1D, PackedEmbedding, PackedLinear, PackedWeight, modules,
+from fewbits.runtime import (PackedConv, PackedConv1D, PackedEmbedding, PackedLinear, PackedWeight, install, modules,
                              tensor_bytes, to_runtime, to_training)
 
 
@@ -201,3 +201,36 @@ def test_long_spans_decode_through_the_tables_bit_for_bit(bits: int, groups: int
     buffer = torch.empty(256 * 520)
     assert torch.equal(packed.decode_rows(37, 201, buffer), expected[37:201])
     assert torch.equal(packed.decode_rows_at(torch.tensor([255, 0, 17])), expected[[255, 0, 17]])
+
+
+def test_install_fills_a_meta_skeleton_bit_for_bit() -> None:
+    from accelerate import init_empty_weights
+
+    model = _compressed(4, 6)
+    ids = _inputs()
+    with torch.no_grad():
+        expected = model(ids)
+    state = {k: v for k, v in model.state_dict().items() if ".parametrizations." not in k}
+    with init_empty_weights(include_buffers=False):
+        skeleton = Layers()
+    skeleton.load_state_dict(state, strict=False, assign=True)
+    for name, (_, cb) in codebook_modules(model).items():
+        skeleton = install(skeleton, [name], PackedWeight.from_codebook(cb))
+    assert not any(t.is_meta for t in skeleton.state_dict().values())
+    with torch.no_grad():
+        assert torch.equal(skeleton.eval()(ids), expected)
+
+
+def test_install_falls_back_to_a_codebook_for_other_layers() -> None:
+    deconv = nn.Sequential(nn.ConvTranspose1d(2, 3, 3))
+    fewbits.compress(deconv, "kmeans", 2, targets=["0"])
+    x = torch.randn(1, 2, 5)
+    with torch.no_grad():
+        expected = deconv(x)
+    packed = PackedWeight.from_codebook(deconv[0].parametrizations.weight[0])
+    fresh = nn.Sequential(nn.ConvTranspose1d(2, 3, 3))
+    fresh[0].bias.data.copy_(deconv[0].bias)
+    fresh = install(fresh, ["0"], packed)
+    assert isinstance(fresh[0].parametrizations.weight[0], Codebook)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), expected)

@@ -6,9 +6,9 @@ into packed layers; ``to_training(model)`` turns it back; ``tensor_bytes(model)`
 
 from __future__ import annotations
 
-from fewbits.runtime.convert import pack_layer, packed_class, tensor_bytes, to_runtime, to_training
+from fewbits.runtime.convert import install, pack_layer, packed_class, tensor_bytes, to_runtime, to_training
 from fewbits.runtime.modules import PackedConv, PackedConv1D, PackedEmbedding, PackedLayer, PackedLinear
 from fewbits.runtime.packed import PackedWeight
 
 __all__ = ["PackedConv", "PackedConv1D", "PackedEmbedding", "PackedLayer", "PackedLinear", "PackedWeight",
-           "pack_layer", "packed_class", "tensor_bytes", "to_runtime", "to_training"]
+           "install", "pack_layer", "packed_class", "tensor_bytes", "to_runtime", "to_training"]

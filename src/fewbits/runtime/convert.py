@@ -94,6 +94,27 @@ def to_runtime(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
+def install(model: nn.Module, members: list[str], weight: PackedWeight) -> nn.Module:
+    """Give the modules ``members`` (tied: one weight) the packed ``weight``; returns the (possibly new) root.
+
+    For loading: each module's own weight (a meta tensor, or real values) is dropped, its bias kept.
+    A module no packed layer computes gets ``weight.to_codebook()`` as a parametrization instead (one
+    Codebook shared by all such members), so every stored layer loads.
+    """
+    fallback: Codebook | None = None
+    for member in members:
+        module = model.get_submodule(member)
+        if packed_class(module) is None:
+            fallback = fallback or weight.to_codebook()
+            dtype = fallback.codebook.dtype
+            module._parameters["weight"] = nn.Parameter(torch.empty(0, dtype=dtype), requires_grad=False)
+            register_weight_parametrization(module, fallback, drop_original=True)
+            continue
+        del module.weight
+        model = _replace(model, member, pack_layer(module, weight))
+    return model
+
+
 def to_training(model: nn.Module) -> nn.Module:
     """Replace packed layers by their original modules with a trainable :class:`Codebook`, in place; returns the model."""
     shared: dict[int, Codebook] = {}
