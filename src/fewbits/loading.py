@@ -22,6 +22,7 @@ from fewbits.errors import ArtifactError, FewbitsValueError, bad_param
 from fewbits.io import container
 from fewbits.io.container import Artifact, read_artifact
 from fewbits.io.format import MANIFEST_FILE
+from fewbits.methods import registry
 from fewbits.models import load_model, rebuild
 from fewbits.models.hf import MINILM_ALIASES, minilm_path
 
@@ -78,7 +79,7 @@ def _build(artifact: Artifact) -> nn.Module:
         raise ArtifactError(f"{where}: the base model is a plain {artifact.base['class']} that fewbits cannot "
                             f"rebuild; pass one: fewbits.load(directory, model={artifact.base['class']}(...)).")
     try:
-        return rebuild(artifact.base, artifact.config)
+        return rebuild(artifact.base, artifact.config, empty=registry.get(artifact.method).fills_base)
     except FewbitsValueError as exc:
         raise ArtifactError(f"{where}: {exc}") from exc
     except ArtifactError:
@@ -92,7 +93,7 @@ def load_base(base: str | os.PathLike, num_labels: int) -> tuple[nn.Module, Any]
     """A base for mask training or loading: an artifact (FP32 or quantized) or a model directory or ``minilm``."""
     directory = resolve_base(base)
     if is_artifact(directory):
-        return load_with_tokenizer(directory)
+        return load_with_tokenizer(directory, trainable=True)  # masks go over the Codebook parametrizations
     return load_model(directory, num_labels=num_labels, new_head=True)
 
 
@@ -114,7 +115,7 @@ def _mask_base(artifact: Artifact, base: str | os.PathLike | None) -> tuple[nn.M
 
 
 def load_with_tokenizer(directory: str | os.PathLike, *, model: nn.Module | None = None,
-                        base: str | os.PathLike | None = None) -> tuple[nn.Module, Any]:
+                        base: str | os.PathLike | None = None, trainable: bool = False) -> tuple[nn.Module, Any]:
     """:func:`load`, and the tokenizer saved with the artifact (or with its base), else None."""
     artifact = read_artifact(directory)
     tokenizer = None
@@ -122,12 +123,17 @@ def load_with_tokenizer(directory: str | os.PathLike, *, model: nn.Module | None
         model, tokenizer = _mask_base(artifact, base)
     elif artifact.tokenizer_files:
         tokenizer = load_tokenizer(artifact.directory)
-    return container.load(artifact, model=model, build_base=_build), tokenizer
+    return container.load(artifact, model=model, build_base=_build, trainable=trainable), tokenizer
 
 
 def load(directory: str | os.PathLike, *, model: nn.Module | None = None,
-         base: str | os.PathLike | None = None) -> nn.Module:
+         base: str | os.PathLike | None = None, trainable: bool = False) -> nn.Module:
     """Rebuild a saved model (any method: codebook, QAT export, task mask), in eval mode; outputs are bit-identical.
+
+    Compressed layers come as packed run-time layers (:mod:`fewbits.runtime`: the artifact's bit-packed
+    codes and codebooks, frozen); ``trainable=True`` gives the training representation instead (a
+    :class:`~fewbits.nn.Codebook` parametrization per layer, codebooks trainable). The base is built
+    without initialising its weights (meta device), then filled.
 
     The base model is rebuilt from the artifact (Hugging Face config or built-in name); for a plain
     ``nn.Module`` pass a fresh instance of its class as ``model``. A task mask needs ``base``, the
@@ -135,7 +141,7 @@ def load(directory: str | os.PathLike, *, model: nn.Module | None = None,
     truncated or altered file, a newer format version, or an artifact that does not fit the base model.
     Example: ``model = fewbits.load("out/minilm-4bit")``.
     """
-    return load_with_tokenizer(directory, model=model, base=base)[0]
+    return load_with_tokenizer(directory, model=model, base=base, trainable=trainable)[0]
 
 
 def load_tokenizer(directory: str | os.PathLike) -> Any:

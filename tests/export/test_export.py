@@ -17,7 +17,8 @@ from fewbits.errors import ArtifactError, FewbitsValueError, MissingDependencyEr
 from fewbits.export import export
 from fewbits.export.coreml import block_shape
 from fewbits.export.int8 import channel_positions, channel_scales, quantize_channels
-from fewbits.nn import Codebook, codebook_modules
+from fewbits.methods.codebook import codebook_modules
+from fewbits.nn import Codebook
 from fewbits.runtime import to_training
 
 
@@ -122,27 +123,21 @@ def test_coreml_blocks_follow_the_groups() -> None:
     assert block_shape((6, 4), 3) is None
 
 
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "v1"
+
+
 def test_export_refuses_bad_inputs(artifact: Path, tmp_path: Path) -> None:
     with pytest.raises(FewbitsValueError, match="'to' parameter of export must be one of"):
         export(artifact, "tflite", tmp_path / "x")
-    with pytest.raises(ArtifactError, match="not a fewbits artifact"):
+    with pytest.raises(ArtifactError, match="fewbits.json"):
         export(tmp_path, "hf", tmp_path / "out")
-    qat = tmp_path / "qat"
-    qat.mkdir()
-    (qat / "qat.json").write_text("{}")
-    with pytest.raises(FewbitsValueError, match="QAT artifact"):
-        export(qat, "hf", tmp_path / "out")
+    with pytest.raises(FewbitsValueError, match="is a qat artifact, whose activation quantizers no export"):
+        export(FIXTURES / "qat", "onnx", tmp_path / "m.onnx")
+    with pytest.raises(FewbitsValueError, match="is a task mask, not a compressed model"):
+        export(FIXTURES / "mask", "hf", tmp_path / "out")
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(FewbitsValueError, match="'out' parameter"):
         export(artifact, "hf", tmp_path / "file.txt")
-
-
-def test_export_refuses_a_task_mask(tmp_path: Path) -> None:
-    mask = tmp_path / "mask"
-    mask.mkdir()
-    (mask / "fewbits.json").write_text('{"format": "fewbits-mask"}')
-    with pytest.raises(FewbitsValueError, match="task mask"):
-        export(mask, "onnx", tmp_path / "m.onnx")
 
 
 def test_missing_optional_dependency_is_one_line(artifact: Path, tmp_path: Path,

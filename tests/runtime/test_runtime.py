@@ -10,7 +10,8 @@ from torch import nn
 
 import fewbits
 from fewbits.errors import FewbitsTypeError, FewbitsValueError
-from fewbits.nn import Codebook, codebook_modules
+from fewbits.methods.codebook import codebook_modules
+from fewbits.nn import Codebook
 from fewbits.nn.activations import activation_quantizers, add_activation_quantizer
 from fewbits.nn.mask import apply_mask
 from fewbits.quantize.pack import pack, packed_nbytes
@@ -113,6 +114,7 @@ def test_round_trip_to_training_restores_trainable_codebooks() -> None:
     with torch.no_grad():
         expected = model(ids)
     back = to_training(to_runtime(copy.deepcopy(model)))
+    assert list(back.state_dict()) == list(model.state_dict())
     found = codebook_modules(back)
     assert set(found) == set(codebook_modules(model))
     for name, (_, cb) in found.items():

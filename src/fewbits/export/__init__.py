@@ -42,10 +42,9 @@ def require(fmt: str) -> None:
                                          f"pip install 'fewbits[{_EXTRA[fmt]}]'.") from None
 
 
-def example_inputs(model: nn.Module, manifest: dict[str, Any]) -> tuple[tuple[torch.Tensor, ...], list[str],
-                                                                         list[dict[int, str]]]:
-    """Inputs to trace ``model`` with, their names, and their dynamic axes (batch; and sequence for text)."""
-    base = manifest["base"]
+def example_inputs(model: nn.Module, base: dict[str, Any]) -> tuple[tuple[torch.Tensor, ...], list[str],
+                                                                     list[dict[int, str]]]:
+    """Inputs to trace ``model`` with (``base``: the artifact's base recipe), their names and dynamic axes."""
     if base["kind"] == "transformers":
         ids = torch.arange(16).remainder(model.config.vocab_size).view(2, 8)
         return (ids, torch.ones_like(ids)), ["input_ids", "attention_mask"], [{0: "batch", 1: "sequence"}] * 2
@@ -58,23 +57,19 @@ def example_inputs(model: nn.Module, manifest: dict[str, Any]) -> tuple[tuple[to
 
 
 def _open(directory: Path) -> tuple[nn.Module, dict[str, Any], Any]:
-    """The artifact's model (training representation), manifest and tokenizer; refuse other kinds of artifact."""
-    from fewbits.io import load, load_tokenizer
-    from fewbits.io.format import read_manifest
-    from fewbits.io.mask_codec import is_mask_artifact
-    from fewbits.qat import QAT_FILE
-    from fewbits.runtime import to_training
+    """The artifact's model (training representation), base recipe and tokenizer; refuse other kinds of artifact."""
+    from fewbits.io.container import read_artifact
+    from fewbits.loading import load_with_tokenizer
 
-    if is_mask_artifact(directory):
+    artifact = read_artifact(directory)
+    if artifact.method == "mask":
         raise FewbitsValueError(f"{directory} is a task mask, not a compressed model; export the base with its mask "
-                                "applied (fewbits.sparsify.load_mask, fewbits.save) instead.")
-    if (directory / QAT_FILE).is_file():
-        raise FewbitsValueError(f"{directory} is a QAT artifact whose activation quantizers no export format keeps; "
-                                "export an artifact written by fewbits.save or fewbits quantize.")
-    manifest = read_manifest(directory)
-    model = to_training(load(directory)).eval()
-    tokenizer = load_tokenizer(directory) if manifest["tokenizer_files"] else None
-    return model, manifest, tokenizer
+                                "applied (fewbits.load(MASK_DIR, base=BASE), fewbits.save) instead.")
+    if artifact.method != "codebook":
+        raise FewbitsValueError(f"{directory} is a {artifact.method} artifact, whose activation quantizers no export "
+                                "format keeps; export an artifact written by fewbits.save or fewbits quantize.")
+    model, tokenizer = load_with_tokenizer(directory, trainable=True)
+    return model.eval(), artifact.base, tokenizer
 
 
 def export(artifact: str | os.PathLike, to: str, out: str | os.PathLike) -> Path:
@@ -89,15 +84,15 @@ def export(artifact: str | os.PathLike, to: str, out: str | os.PathLike) -> Path
     directory, target = Path(artifact).expanduser(), Path(out).expanduser()
     if target.exists() and target.is_file() == (to != "onnx"):
         raise bad_param("out", "a new path (a folder for hf and coreml, a file for onnx)", str(target), "export")
-    model, manifest, tokenizer = _open(directory)
+    model, base, tokenizer = _open(directory)
     if to == "hf":
-        if manifest["base"]["kind"] != "transformers":
+        if base["kind"] != "transformers":
             raise FewbitsValueError(f"Export to hf needs a Hugging Face model; {directory} holds the built-in "
-                                    f"{manifest['base'].get('name')}: use onnx or coreml.")
+                                    f"{base.get('name')}: use onnx or coreml.")
         from fewbits.export.hf import export_hf
 
         return export_hf(model, target, tokenizer)
-    example, names, dynamic = example_inputs(model, manifest)
+    example, names, dynamic = example_inputs(model, base)
     if to == "onnx":
         from fewbits.export.onnx import export_onnx
 

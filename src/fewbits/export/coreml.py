@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from fewbits.errors import FewbitsValueError
-from fewbits.models import logits_of
+from fewbits.nn.forward import logits_of
 from fewbits.nn.codebook import Codebook
-from fewbits.nn.compress import codebook_modules, decompress
+from fewbits.methods.codebook.apply import codebook_modules, decompress
 
 COREML_BITS = (1, 2, 3, 4, 6, 8)
 SEQUENCE = 128  # tokens per input of an exported text model (pad with attention_mask 0); batch 1

@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from fewbits.models.hf import quiet_transformers
-from fewbits.nn.compress import decompress
+from fewbits.methods.codebook.apply import decompress
 
 
 def export_hf(model: nn.Module, out: Path, tokenizer: Any = None) -> Path:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from fewbits.export.int8 import channel_positions, channel_scales, quantize_channels
-from fewbits.nn.compress import codebook_modules, decompress
+from fewbits.methods.codebook.apply import codebook_modules, decompress
 from fewbits.nn.targets import _is_hf_conv1d
 
 

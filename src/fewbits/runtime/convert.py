@@ -15,7 +15,8 @@ from torch.utils.hooks import RemovableHandle
 
 from fewbits.errors import FewbitsTypeError
 from fewbits.nn.codebook import Codebook
-from fewbits.nn.targets import _is_hf_conv1d, register_weight_parametrization, remove_weight_parametrizations
+from fewbits.nn.targets import (_is_hf_conv1d, find_parametrizations, register_weight_parametrization,
+                                remove_weight_parametrizations)
 from fewbits.runtime.modules import PackedConv, PackedConv1D, PackedEmbedding, PackedLayer, PackedLinear
 from fewbits.runtime.packed import PackedWeight
 
@@ -37,11 +38,11 @@ def packed_class(module: nn.Module) -> type[PackedLayer] | None:
 
 
 def _move_extras(source: nn.Module, target: nn.Module) -> None:
-    """Hooks, hook handles and child modules (other than parametrizations) follow the layer."""
+    """Hooks, hook handles and child modules (other than the weight's own) follow the layer."""
     target._forward_pre_hooks = source._forward_pre_hooks
     target._forward_hooks = source._forward_hooks
     for name, child in list(source.named_children()):
-        if name != "parametrizations":
+        if name not in ("parametrizations", "packed_weight"):
             target.add_module(name, child)
             del source._modules[name]
     for name, value in list(vars(source).items()):
@@ -81,10 +82,8 @@ def to_runtime(model: nn.Module) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise FewbitsTypeError(f"The 'model' parameter of to_runtime must be a torch.nn.Module. "
                                f"Got {type(model).__name__} instead.")
-    from fewbits.nn.compress import codebook_modules
-
     shared: dict[int, PackedWeight] = {}
-    for name, (module, cb) in codebook_modules(model).items():
+    for name, (module, cb) in find_parametrizations(model, Codebook).items():
         if len(module.parametrizations.weight) != 1 or packed_class(module) is None:
             continue
         weight = shared.setdefault(id(cb), PackedWeight.from_codebook(cb))

@@ -13,7 +13,7 @@ from fewbits.methods.codebook import serialize
 from fewbits.methods.codebook.apply import LayerReport, apply, codebook_modules, compress, decompress, param_groups
 from fewbits.methods.codebook.config import CodebookConfig
 
-METHOD = Method("codebook", CodebookConfig, apply, serialize.write, serialize.check, serialize.read)
+METHOD = Method("codebook", CodebookConfig, apply, serialize.write, serialize.check, serialize.read, fills_base=True)
 
 __all__ = ["METHOD", "CodebookConfig", "LayerReport", "apply", "codebook_modules", "compress", "decompress",
            "param_groups"]

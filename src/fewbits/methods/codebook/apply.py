@@ -236,9 +236,12 @@ def decompress(model: nn.Module) -> nn.Module:
     """Turn every compressed module back into a plain one whose weight holds the rebuilt values.
 
     Everything stacked on the weight (e.g. a mask over the quantized base) is baked in as well, so
-    the result runs anywhere without fewbits. Tied modules share one Parameter again. In place;
-    returns ``model``.
+    the result runs anywhere without fewbits. Tied modules share one Parameter again. Packed run-time
+    layers (``fewbits.load``'s default) are decoded too. In place; returns ``model``.
     """
+    from fewbits.runtime import to_training
+
+    model = to_training(model)
     rebuilt: dict[int, nn.Parameter] = {}
     for module, codebook in codebook_modules(model).values():
         with torch.no_grad():
