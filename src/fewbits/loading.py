@@ -115,15 +115,17 @@ def _mask_base(artifact: Artifact, base: str | os.PathLike | None) -> tuple[nn.M
 
 
 def load_with_tokenizer(directory: str | os.PathLike, *, model: nn.Module | None = None,
-                        base: str | os.PathLike | None = None, trainable: bool = False) -> tuple[nn.Module, Any]:
-    """:func:`load`, and the tokenizer saved with the artifact (or with its base), else None."""
+                        base: str | os.PathLike | None = None, trainable: bool = False,
+                        tokenizer: bool = True) -> tuple[nn.Module, Any]:
+    """:func:`load`, and the tokenizer saved with the artifact (or with its base), else None
+    (``tokenizer=False``: not read, None)."""
     artifact = read_artifact(directory)
-    tokenizer = None
+    found = None
     if artifact.base["kind"] == "artifact" and model is None:
-        model, tokenizer = _mask_base(artifact, base)
-    elif artifact.tokenizer_files:
-        tokenizer = load_tokenizer(artifact.directory)
-    return container.load(artifact, model=model, build_base=_build, trainable=trainable), tokenizer
+        model, found = _mask_base(artifact, base)
+    elif artifact.tokenizer_files and tokenizer:
+        found = load_tokenizer(artifact.directory)
+    return container.load(artifact, model=model, build_base=_build, trainable=trainable), found
 
 
 def load(directory: str | os.PathLike, *, model: nn.Module | None = None,
@@ -141,7 +143,7 @@ def load(directory: str | os.PathLike, *, model: nn.Module | None = None,
     truncated or altered file, a newer format version, or an artifact that does not fit the base model.
     Example: ``model = fewbits.load("out/minilm-4bit")``.
     """
-    return load_with_tokenizer(directory, model=model, base=base, trainable=trainable)[0]
+    return load_with_tokenizer(directory, model=model, base=base, trainable=trainable, tokenizer=False)[0]
 
 
 def load_tokenizer(directory: str | os.PathLike) -> Any:
