@@ -154,3 +154,10 @@ def test_cli_export_hf(artifact: Path, tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["export", str(artifact), "--to", "hf", "--out", str(tmp_path / "hf")]) == 0
     assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'hf'} (")
     assert (tmp_path / "hf" / "model.safetensors").is_file()
+
+
+def test_cli_offers_every_format() -> None:
+    from fewbits.commands import export as command
+    from fewbits.export import FORMATS
+
+    assert command.FORMATS == FORMATS

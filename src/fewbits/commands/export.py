@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from fewbits.export import FORMATS
+FORMATS = ("hf", "onnx", "coreml")  # fewbits.export.FORMATS, written out so that `fewbits --help` imports no torch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -23,6 +23,11 @@ import torch
 from torch import nn
 
 from fewbits.errors import FewbitsValueError, MissingDependencyError, bad_param
+from fewbits.export.coreml import export_coreml
+from fewbits.export.hf import export_hf
+from fewbits.export.onnx import export_onnx
+from fewbits.io.container import read_artifact
+from fewbits.loading import load_with_tokenizer
 
 FORMATS = ("hf", "onnx", "coreml")
 _NEEDS = {"onnx": ("onnx", "onnxscript"), "coreml": ("coremltools",)}
@@ -58,9 +63,6 @@ def example_inputs(model: nn.Module, base: dict[str, Any]) -> tuple[tuple[torch.
 
 def _open(directory: Path) -> tuple[nn.Module, dict[str, Any], Any]:
     """The artifact's model (training representation), base recipe and tokenizer; refuse other kinds of artifact."""
-    from fewbits.io.container import read_artifact
-    from fewbits.loading import load_with_tokenizer
-
     artifact = read_artifact(directory)
     if artifact.method == "mask":
         raise FewbitsValueError(f"{directory} is a task mask, not a compressed model; export the base with its mask "
@@ -89,14 +91,8 @@ def export(artifact: str | os.PathLike, to: str, out: str | os.PathLike) -> Path
         if base["kind"] != "transformers":
             raise FewbitsValueError(f"Export to hf needs a Hugging Face model; {directory} holds the built-in "
                                     f"{base.get('name')}: use onnx or coreml.")
-        from fewbits.export.hf import export_hf
-
         return export_hf(model, target, tokenizer)
     example, names, dynamic = example_inputs(model, base)
     if to == "onnx":
-        from fewbits.export.onnx import export_onnx
-
         return export_onnx(model, target, example, names, dynamic)
-    from fewbits.export.coreml import export_coreml
-
     return export_coreml(model, target, example, names)

@@ -22,6 +22,7 @@ from fewbits.nn.targets import (Patterns, find_parametrizations, matching_names,
                                 remove_weight_parametrizations, select_targets)
 from fewbits.quantize import SCHEMES
 from fewbits.quantize.base import MAX_BITS, QuantizedTensor, check_bits, check_sample_weight, resolve_group_size
+from fewbits.runtime import to_training
 
 Quantizer = Callable[..., QuantizedTensor]
 
@@ -239,8 +240,6 @@ def decompress(model: nn.Module) -> nn.Module:
     the result runs anywhere without fewbits. Tied modules share one Parameter again. Packed run-time
     layers (``fewbits.load``'s default) are decoded too. In place; returns ``model``.
     """
-    from fewbits.runtime import to_training
-
     model = to_training(model)
     rebuilt: dict[int, nn.Parameter] = {}
     for module, codebook in codebook_modules(model).values():
