@@ -177,15 +177,14 @@ def files_of(spec: str) -> list[Path]:
 def load(spec: str) -> tuple[Runner, Any]:
     """Load a variant; returns its runner and the object that holds it (model or session)."""
     import fewbits
-    from fewbits.runtime import to_runtime, to_training
 
     kind, _, arg = spec.partition(":")
     if kind == "onnx":
         return _ort_runner(CACHE / arg)
     if kind == "fewbits":
-        model = to_runtime(fewbits.load(CACHE / arg))
+        model = fewbits.load(CACHE / arg)
     elif kind == "training":
-        model = to_training(fewbits.load(CACHE / arg)).eval()
+        model = fewbits.load(CACHE / arg, trainable=True)
     elif kind == "peer":
         model = _peer(arg)
     else:
@@ -203,7 +202,7 @@ def held_bytes(model: Any) -> int | None:
     """Model tensor bytes held (each storage once; the training representation's cached weights included)."""
     if not isinstance(model, torch.nn.Module):
         return None
-    from fewbits.nn import codebook_modules
+    from fewbits.methods.codebook import codebook_modules
     from fewbits.runtime import tensor_bytes
 
     cached = {id(cb): cb._cache[1].nbytes for _, cb in codebook_modules(model).values() if cb._cache is not None}
