@@ -122,8 +122,10 @@ def _ort_runner(path: Path) -> tuple[Runner, Any]:
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
+    names = {i.name for i in session.get_inputs()}  # the exports take input_ids and attention_mask only
+
     def run(batch: dict[str, torch.Tensor]) -> np.ndarray:
-        return session.run(None, {k: v.numpy() for k, v in batch.items()})[0]
+        return session.run(None, {k: v.numpy() for k, v in batch.items() if k in names})[0]
     return run, session
 
 
