@@ -208,7 +208,10 @@ def held_bytes(model: Any) -> int | None:
     from fewbits.runtime import tensor_bytes
 
     cached = {id(cb): cb._cache[1].nbytes for _, cb in codebook_modules(model).values() if cb._cache is not None}
-    return tensor_bytes(model) + sum(cached.values())
+    try:
+        return tensor_bytes(model) + sum(cached.values())
+    except RuntimeError:  # tensor subclasses (optimum-quanto's) expose no storage: their serialized state's bytes
+        return state_bytes(model)
 
 
 def state_bytes(model: Any) -> int:
