@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 import pytest
-from conftest import TOY_RECIPE, write_recipe
+from sweep_helpers import TOY_RECIPE, write_recipe
 from toy_stages import TOY_STAGES
 
 from fewbits.errors import FewbitsValueError

@@ -95,9 +95,13 @@ def format_mask_summary(summary: MaskSummary, max_layers: int | None = None) -> 
 
 def run(args: argparse.Namespace) -> int:
     # imported here: `fewbits --help` must not load torch
+    from fewbits.errors import bad_param
     from fewbits.io.summary import MaskSummary, describe
+    from fewbits.loading import verify
 
-    summary = describe(args.directory)
+    if args.layers is not None and args.layers < 1:
+        raise bad_param("--layers", "a positive int (the number of largest layers shown)", args.layers, "fewbits info")
+    summary = describe(verify(args.directory))  # the checks loading runs, so info fails where loading fails
     if isinstance(summary, MaskSummary):
         print(format_mask_summary(summary, args.layers))
     else:

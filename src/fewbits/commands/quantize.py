@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from fewbits.errors import bad_param
+from fewbits.commands.preflight import check_out_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,9 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from fewbits.models.defaults import training_defaults
     from fewbits.train import TrainConfig, evaluate
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise bad_param("--out", "a directory", str(out), "fewbits quantize")
+    out = check_out_dir(args.out, "quantize", files=("result.json",), folders=("fp32",), artifacts=("artifact",))
     model_dir = Path(args.model).expanduser()
     recipe = training_defaults(_family(args.model), "finetune")
     lr = args.lr if args.lr is not None else recipe["lr"]

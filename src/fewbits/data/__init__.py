@@ -15,7 +15,7 @@ from typing import Any
 
 from fewbits.data.base import ArraySplit, ImageExample, SignalExample, Task, TextExample
 from fewbits.data.collate import make_collate
-from fewbits.errors import FewbitsValueError, bad_param
+from fewbits.errors import FewbitsError, FewbitsValueError, bad_param
 
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
 
@@ -64,6 +64,20 @@ def load_task(name: str, data_dir: str | Path | None = None, **options: Any) -> 
     """
     if not isinstance(name, str) or name not in TASKS:
         raise bad_param("name", f"one of {', '.join(TASKS)}", name, owner="load_task")
+    return _check_splits(_load(name, data_dir, options))
+
+
+def _check_splits(task: Task) -> Task:
+    """Refuse a task with an empty split, naming it, before anyone trains on it or scores it."""
+    for split, examples in task.splits.items():
+        if len(examples) == 0:
+            raise FewbitsError(f"{task.name}: the {split} split from {task.info.get('source', 'its files')} holds no "
+                               "examples; check the task's files.")
+    return task
+
+
+def _load(name: str, data_dir: str | Path | None, options: dict[str, Any]) -> Task:
+    """The loader of task ``name``."""
     if name.startswith("vader"):
         from fewbits.data.vader import load_vader
 

@@ -173,13 +173,13 @@ def _describe_mask(artifact: Artifact) -> MaskSummary:
                        sum(e.nbytes for e in head), artifact.header_bytes + artifact.manifest_bytes)
 
 
-def describe(directory: str | os.PathLike) -> ArtifactSummary | MaskSummary:
+def describe(directory: str | os.PathLike | Artifact) -> ArtifactSummary | MaskSummary:
     """Read and verify an artifact (manifest, checksums, header) and account for every byte.
 
     A task mask gives a :class:`MaskSummary`, any other artifact an :class:`ArtifactSummary`.
     Example: ``s = describe("out/minilm-4bit"); print(s.bits_per_weight, s.ratio)``.
     """
-    artifact = read_artifact(directory)
+    artifact = directory if isinstance(directory, Artifact) else read_artifact(directory)
     if artifact.method == "mask":
         return _describe_mask(artifact)
     entries, data = artifact.entries, artifact.data

@@ -55,7 +55,9 @@ class Method:
     ``check(stored)`` validates the manifest section and tensor sizes, raising ArtifactError;
     ``read(model, stored) -> model`` installs the stored method onto a freshly built base model (whose
     parameters are on the meta device when ``fills_base``: read then assigns every one);
-    ``summary(stored) -> dict`` gives the sizes ``fewbits info`` prints (optional).
+    ``summary(stored) -> dict`` gives the sizes ``fewbits info`` prints (optional);
+    ``fit(model, stored)`` checks the stored tensors against a base model from shapes alone, before anything is
+    allocated (it runs on a model built on the meta device; ``read`` must run it too).
     """
 
     name: str
@@ -66,3 +68,4 @@ class Method:
     read: Callable[[nn.Module, Stored], nn.Module]
     version: int = 1
     fills_base: bool = False  # read assigns every base tensor, so the base is built on the meta device
+    fit: Callable[[nn.Module, Stored], None] | None = None

@@ -13,7 +13,8 @@ from fewbits.methods.codebook import serialize
 from fewbits.methods.codebook.apply import LayerReport, apply, codebook_modules, compress, decompress, param_groups
 from fewbits.methods.codebook.config import CodebookConfig
 
-METHOD = Method("codebook", CodebookConfig, apply, serialize.write, serialize.check, serialize.read, fills_base=True)
+METHOD = Method("codebook", CodebookConfig, apply, serialize.write, serialize.check, serialize.read, fills_base=True,
+                fit=serialize.fit)
 
 __all__ = ["METHOD", "CodebookConfig", "LayerReport", "apply", "codebook_modules", "compress", "decompress",
            "param_groups"]

@@ -150,8 +150,12 @@ def check(stored: Stored) -> None:
         raise _fail(stored, f"aliases {dangling[:5]} point to tensors that are not stored")
 
 
-def _fit_to_base(model: nn.Module, stored: Stored, where: str) -> None:
-    """Layers and state must match the base model (an artifact for another base fails here, before any change)."""
+def fit(model: nn.Module, stored: Stored, where: str = "") -> None:
+    """Layers and state must match the base model (an artifact for another base fails here, before any change).
+
+    Reads only shapes and dtypes, so it runs on a model built on the meta device (``fewbits info``, and
+    loading before the base is allocated)."""
+    where = where or f"{stored.path} does not fit the base model {stored.base_note}".rstrip()
     modules = dict(model.named_modules())
     replaced: set[str] = set()
     for name, layer in stored.data["layers"].items():
@@ -191,7 +195,7 @@ def read(model: nn.Module, stored: Stored, *, where: str = "") -> nn.Module:
     """Fill a freshly built base model (parameters may be on the meta device): plain state assigned, then on
     every stored layer a packed run-time layer (``fewbits.runtime``: the packed codes as stored), or with
     ``stored.trainable`` a Codebook parametrization (codes unpacked, codebook trainable); returns the model."""
-    _fit_to_base(model, stored, where or f"{stored.path} does not fit the base model {stored.base_note}".rstrip())
+    fit(model, stored, where)
     tensors = stored.load_tensors()
     state = {n.removeprefix("state."): t for n, t in tensors.items() if n.startswith("state.")}
     state.update({alias: state[key] for alias, key in stored.data["aliases"].items()})
