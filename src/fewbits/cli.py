@@ -21,6 +21,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "finetune": ("fewbits.commands.finetune", "fine-tune a model on a task and save it (the full-precision start)"),
     "eval": ("fewbits.commands.eval", "evaluate a fine-tuned model on a task with the task's official metrics"),
     "quantize": ("fewbits.commands.quantize", "P1: quantize a fine-tuned model, fine-tune its codebooks, save the artifact"),
+    "export": ("fewbits.commands.export", "export an artifact to hf (plain safetensors), onnx (int8) or coreml (palettized)"),
     "info": ("fewbits.commands.info", "show an artifact's per-layer bits, sizes, true bits per weight and ratio to FP32"),
     "qat": ("fewbits.commands.qat", "quantization-aware training: STE phase, then ste/msqe/fisher/kd from its checkpoint"),
     "mask": ("fewbits.commands.mask", "learn a task's binary mask over a frozen shared base; save only mask + head"),

@@ -183,7 +183,7 @@ def _rebuild(artifact: Artifact) -> nn.Module:
         raise ArtifactError(f"{where}: the base model is a plain {artifact.base['class']} that fewbits cannot "
                             f"rebuild; pass one: fewbits.load(directory, model={artifact.base['class']}(...)).")
     try:
-        return rebuild(artifact.base, artifact.config)
+        return rebuild(artifact.base, artifact.config, empty=registry.get(artifact.method).fills_base)
     except FewbitsValueError as exc:
         raise ArtifactError(f"{where}: {exc}") from exc
     except ArtifactError:
@@ -204,7 +204,7 @@ def load_base(base: str | os.PathLike, num_labels: int) -> tuple[nn.Module, Any]
     """A base for mask training or loading: an artifact (FP32 or quantized) or a model directory or ``minilm``."""
     directory = resolve_base(base)
     if is_artifact(directory):
-        return load_with_tokenizer(directory)
+        return load_with_tokenizer(directory, trainable=True)  # masks go over the Codebook parametrizations
     return load_model(directory, num_labels=num_labels, new_head=True)
 
 
@@ -226,21 +226,28 @@ def _mask_base(artifact: Artifact, base: str | os.PathLike | None) -> tuple[nn.M
 
 
 def load_with_tokenizer(directory: str | os.PathLike, *, model: nn.Module | None = None,
-                        base: str | os.PathLike | None = None) -> tuple[nn.Module, Any]:
-    """:func:`load`, and the tokenizer saved with the artifact (or with its base), else None."""
+                        base: str | os.PathLike | None = None, trainable: bool = False,
+                        tokenizer: bool = True) -> tuple[nn.Module, Any]:
+    """:func:`load`, and the tokenizer saved with the artifact (or with its base), else None
+    (``tokenizer=False``: not read, None)."""
     artifact = read_artifact(directory)
-    tokenizer = None
+    found = None
     if artifact.base["kind"] == "artifact" and model is None:
-        model, tokenizer = _mask_base(artifact, base)
-    model = container.load(artifact, model=model, build_base=_build)
-    if artifact.tokenizer_files:
-        tokenizer = _tokenizer(artifact)
-    return model, tokenizer
+        model, found = _mask_base(artifact, base)
+    model = container.load(artifact, model=model, build_base=_build, trainable=trainable)
+    if artifact.tokenizer_files and tokenizer:
+        found = _tokenizer(artifact)
+    return model, (found if tokenizer else None)
 
 
 def load(directory: str | os.PathLike, *, model: nn.Module | None = None,
-         base: str | os.PathLike | None = None) -> nn.Module:
+         base: str | os.PathLike | None = None, trainable: bool = False) -> nn.Module:
     """Rebuild a saved model (any method: codebook, QAT export, task mask), in eval mode; outputs are bit-identical.
+
+    Compressed layers come as packed run-time layers (:mod:`fewbits.runtime`: the artifact's bit-packed
+    codes and codebooks, frozen); ``trainable=True`` gives the training representation instead (a
+    :class:`~fewbits.nn.Codebook` parametrization per layer, codebooks trainable). The base is built
+    without initialising its weights (meta device), then filled.
 
     The base model is rebuilt from the artifact (Hugging Face config or built-in name); for a plain
     ``nn.Module`` pass a fresh instance of its class as ``model``. A task mask needs ``base``, the
@@ -248,7 +255,7 @@ def load(directory: str | os.PathLike, *, model: nn.Module | None = None,
     truncated or altered file, a newer format version, or an artifact that does not fit the base model.
     Example: ``model = fewbits.load("out/minilm-4bit")``.
     """
-    return load_with_tokenizer(directory, model=model, base=base)[0]
+    return load_with_tokenizer(directory, model=model, base=base, trainable=trainable, tokenizer=False)[0]
 
 
 def load_tokenizer(directory: str | os.PathLike) -> Any:

@@ -82,10 +82,10 @@ def _mask_saver(seed: int, root: Path) -> Callable[[Path], Path]:
     base_dir = root / "base"
     if not base_dir.exists():
         saver("codebook-bert", 0, root)(base_dir)
-    probe = fewbits.load(base_dir)
+    probe = fewbits.load(base_dir, trainable=True)
     apply_mask(probe)  # which layers a mask covers, and their shapes
     gen = torch.Generator().manual_seed(seed)
-    model = fewbits.load(base_dir)
+    model = fewbits.load(base_dir, trainable=True)
     set_masks(model, {name: torch.rand(m.shape, generator=gen) > 0.2 for name, m in masks(probe).items()})
     sha = base_checksum(base_dir)
     return lambda path: fewbits.save(model, path, method="mask", base={"sha256": sha, "source": str(base_dir)})

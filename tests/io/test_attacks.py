@@ -298,9 +298,12 @@ def test_random_byte_damage_loads_identically_or_is_refused(built, tmp_path_fact
 @pytest.mark.parametrize("name, content", [("tokenizer.json", b'{"version": "1.0", "model": 5}'),
                                            ("tokenizer_config.json", b'[1, 2]')])
 def test_tokenizer_files_rewritten_consistently(built, tmp_path, name, content):
-    """Checksums made to agree with nonsense: the tokenizer is refused in one line naming its files."""
+    """Checksums made to agree with nonsense: the tokenizer is refused in one line naming its files (fewbits.load
+    reads no tokenizer; load_with_tokenizer, which the commands use, does)."""
+    from fewbits.loading import load_with_tokenizer
+
     folder = fresh_copy(built["codebook-bert"], tmp_path)
     write_consistent(folder, name, content)
     with watched(folder, []), pytest.raises(ArtifactError) as info:
-        built["codebook-bert"].load(folder)
+        load_with_tokenizer(folder)
     assert "\n" not in str(info.value) and name in str(info.value)

@@ -57,7 +57,7 @@ class Artifact:
     manifest_bytes: int
     fewbits_version: str = "?"
 
-    def stored(self) -> Stored:
+    def stored(self, trainable: bool = True) -> Stored:
         """The view a method checks and reads: its section, the parsed header and the tensors on demand."""
         path = self.directory / self.tensors_file
 
@@ -68,7 +68,7 @@ class Artifact:
                 raise ArtifactError(f"{path}: unreadable ({exc}).") from exc
 
         note = f"from {self.directory / CONFIG_FILE}" if self.base.get("kind") == "transformers" else ""
-        return Stored(path, self.data, self.entries, load_tensors, note)
+        return Stored(path, self.data, self.entries, load_tensors, note, trainable)
 
     def config(self) -> dict[str, Any]:
         """The Hugging Face ``config.json`` of the base, parsed from the bytes read once."""
@@ -188,10 +188,12 @@ def read_artifact(directory: str | os.PathLike) -> Artifact:
 
 
 def load(directory: str | os.PathLike | Artifact, *, model: nn.Module | None = None,
-         build_base: BuildBase | None = None) -> nn.Module:
+         build_base: BuildBase | None = None, trainable: bool = False) -> nn.Module:
     """Rebuild the model saved by :func:`save`, in eval mode; outputs are bit-identical.
 
-    The base model is ``model`` (a fresh, plain instance, filled in place) or ``build_base(artifact)``.
+    The base model is ``model`` (a fresh, plain instance, filled in place) or ``build_base(artifact)``
+    (whose parameters may be on the meta device: the method fills them). ``trainable`` asks for the
+    training representation instead of packed run-time layers (see :mod:`fewbits.runtime`).
     """
     artifact = directory if isinstance(directory, Artifact) else read_artifact(directory)
     if model is None:
@@ -207,4 +209,4 @@ def load(directory: str | os.PathLike | Artifact, *, model: nn.Module | None = N
     elif artifact.base.get("class", type(model).__name__) not in (type(model).__name__, type(model).__qualname__):
         raise ArtifactError(f"{artifact.directory / MANIFEST_FILE}: saved from a {artifact.base['class']}, "
                             f"not a {type(model).__name__}.")
-    return registry.get(artifact.method).read(model, artifact.stored()).eval()
+    return registry.get(artifact.method).read(model, artifact.stored(trainable)).eval()

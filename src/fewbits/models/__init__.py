@@ -8,6 +8,7 @@ Nothing is pickled: weights are safetensors, configs are JSON.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -187,13 +188,18 @@ def _no_kwargs(kw: dict[str, Any], name: str) -> None:
                         sorted(kw), "load_model")
 
 
-def rebuild(recipe: Mapping[str, Any], config: Callable[[], dict[str, Any]]) -> nn.Module:
-    """A freshly initialized model from an artifact's base recipe (the global RNG is left untouched).
+def rebuild(recipe: Mapping[str, Any], config: Callable[[], dict[str, Any]], *, empty: bool = False) -> nn.Module:
+    """A freshly initialized model from an artifact's base recipe (the global RNG is left untouched); with
+    ``empty`` its skeleton only: parameters on the meta device (never initialised: the artifact fills
+    them), buffers real.
 
     ``recipe``: ``{"kind": "builtin", "name", "args"}`` or ``{"kind": "transformers", "class"}`` whose
     config dict ``config()`` returns. Raises FewbitsValueError naming what cannot be built.
     """
-    with torch.random.fork_rng(devices=[]):
+    from accelerate import init_empty_weights
+
+    skeleton = init_empty_weights(include_buffers=False) if empty else contextlib.nullcontext()
+    with torch.random.fork_rng(devices=[]), skeleton:
         if recipe["kind"] == "builtin":
             if recipe["name"] not in BUILTIN_MODELS:
                 raise FewbitsValueError(f"unknown built-in model {recipe['name']!r} (known: {sorted(BUILTIN_MODELS)}); "

@@ -15,7 +15,8 @@ from fewbits.methods.codebook.apply import LayerReport, apply, codebook_modules,
 from fewbits.methods.codebook.config import CodebookConfig
 from fewbits.methods.codebook.mixed import BitPlan, plan_bits, replan
 
-METHOD = Method("codebook", CodebookConfig, apply, serialize.write, serialize.check, serialize.read, fit=serialize.fit)
+METHOD = Method("codebook", CodebookConfig, apply, serialize.write, serialize.check, serialize.read, fills_base=True,
+                fit=serialize.fit)
 
 __all__ = ["METHOD", "BitPlan", "CodebookConfig", "LayerReport", "apply", "codebook_modules", "compress",
            "decompress", "param_groups", "plan_bits", "replan"]

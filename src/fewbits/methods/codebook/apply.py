@@ -23,6 +23,7 @@ from fewbits.nn.targets import (Patterns, find_parametrizations, matching_names,
 from fewbits.quantize import SCHEMES
 from fewbits.quantize.base import MAX_BITS, QuantizedTensor, check_bits, check_sample_weight, resolve_group_size
 from fewbits.quantize.outliers import DenseAndSparse, check_outlier_fraction, check_selection, split_outliers
+from fewbits.runtime import to_training
 
 Quantizer = Callable[..., QuantizedTensor]
 
@@ -319,9 +320,10 @@ def decompress(model: nn.Module) -> nn.Module:
     """Turn every compressed module back into a plain one whose weight holds the rebuilt values.
 
     Everything stacked on the weight (e.g. a mask over the quantized base) is baked in as well, so
-    the result runs anywhere without fewbits. Tied modules share one Parameter again. In place;
-    returns ``model``.
+    the result runs anywhere without fewbits. Tied modules share one Parameter again. Packed run-time
+    layers (``fewbits.load``'s default) are decoded too. In place; returns ``model``.
     """
+    model = to_training(model)
     rebuilt: dict[int, nn.Parameter] = {}
     for module, codebook in codebook_modules(model).values():
         with torch.no_grad():

@@ -18,6 +18,7 @@ the codebook.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -33,6 +34,7 @@ from fewbits.nn.codebook import Codebook
 from fewbits.nn.targets import register_weight_parametrization
 from fewbits.quantize.base import MAX_BITS
 from fewbits.quantize.pack import pack, packed_nbytes, unpack
+from fewbits.runtime import PackedLayer, PackedWeight, install, to_training
 
 CODEBOOK_DTYPES = ("float32", "float16")
 SECTION_VERSION = 2  # 2: layers may keep outliers
@@ -73,7 +75,10 @@ def plain_state(model: nn.Module, skip: set[str]) -> tuple[dict[str, torch.Tenso
 
 
 def write(model: nn.Module, *, codebook_dtype: str | torch.dtype = "float32") -> Saved:
-    """Packed codes and codebooks of every compressed layer, every other tensor as is."""
+    """Packed codes and codebooks of every compressed layer, every other tensor as is (a model loaded in the
+    packed run-time form is saved through a training-form copy)."""
+    if any(isinstance(m, PackedLayer) for m in model.modules()):
+        model = to_training(copy.deepcopy(model))
     name_dtype = dtype_name(codebook_dtype) if isinstance(codebook_dtype, torch.dtype) else codebook_dtype
     if name_dtype not in CODEBOOK_DTYPES:
         raise bad_param("codebook_dtype", f"one of {list(CODEBOOK_DTYPES)}", codebook_dtype, "fewbits.save")
@@ -207,30 +212,48 @@ def fit(model: nn.Module, stored: Stored, where: str = "") -> None:
                                 f"artifact but {dtype_name(expected[key].dtype)} {list(expected[key].shape)} in the base model.")
 
 
+def _retie(model: nn.Module, aliases: dict[str, str]) -> None:
+    """Loading by assignment gives each state key its own Parameter: make aliases the same object again (tied)."""
+    for alias, key in aliases.items():
+        (alias_owner, _, alias_name), (owner, _, name) = alias.rpartition("."), key.rpartition(".")
+        source, target = model.get_submodule(owner), model.get_submodule(alias_owner)
+        value = source._parameters[name] if name in source._parameters else source._buffers[name]
+        (target._parameters if alias_name in target._parameters else target._buffers)[alias_name] = value
+
+
+def _codebook(stored: Stored, name: str, layer: dict, tensors: dict[str, torch.Tensor], book: torch.Tensor) -> Codebook:
+    """The training form of one stored layer: codes unpacked, its outliers (if any) written over the rebuilt weight."""
+    shape, bits = layer["shape"], layer["bits"]
+    index = values = None
+    if layer.get("outliers"):
+        index, values = tensors[f"outlier_index.{name}"].long(), tensors[f"outlier_values.{name}"]
+    try:
+        return Codebook(unpack(tensors[f"codes.{name}"], bits, math.prod(shape)).reshape(shape), book, bits,
+                        layer["scheme"], index, values)
+    except FewbitsValueError as exc:
+        raise ArtifactError(f"{stored.path}: layer {name!r}: {exc}") from exc
+
+
 def read(model: nn.Module, stored: Stored, *, where: str = "") -> nn.Module:
-    """Fill a freshly built base model: plain state loaded, a Codebook registered on every stored layer."""
+    """Fill a freshly built base model (parameters may be on the meta device): plain state assigned, then on
+    every stored layer a packed run-time layer (``fewbits.runtime``: the packed codes as stored), or with
+    ``stored.trainable`` a Codebook parametrization (codes unpacked, codebook trainable); returns the model."""
     fit(model, stored, where)
     tensors = stored.load_tensors()
     state = {n.removeprefix("state."): t for n, t in tensors.items() if n.startswith("state.")}
     state.update({alias: state[key] for alias, key in stored.data["aliases"].items()})
-    modules = dict(model.named_modules())
-    codebooks = []
-    for name, layer in stored.data["layers"].items():
-        shape, bits = layer["shape"], layer["bits"]
-        codes = unpack(tensors[f"codes.{name}"], bits, math.prod(shape)).reshape(shape)
-        device = modules[name].weight.device
-        book = tensors[f"codebook.{name}"].to(device, DTYPE_NAMES[layer["dtype"]])
-        index = values = None
-        if layer.get("outliers"):
-            index, values = tensors[f"outlier_index.{name}"].long(), tensors[f"outlier_values.{name}"]
-        try:
-            cb = Codebook(codes.to(device), book, bits, layer["scheme"], index, values)
-        except FewbitsValueError as exc:
-            raise ArtifactError(f"{stored.path}: layer {name!r}: {exc}") from exc
-        codebooks.append(([name, *layer["tied"]], cb))
     with torch.no_grad():
-        model.load_state_dict(state, strict=False)
-    for members, cb in codebooks:
+        model.load_state_dict(state, strict=False, assign=True)
+    _retie(model, stored.data["aliases"])
+    for name, layer in stored.data["layers"].items():
+        shape, bits, members = layer["shape"], layer["bits"], [name, *layer["tied"]]
+        book = tensors[f"codebook.{name}"].to(DTYPE_NAMES[layer["dtype"]])
+        if not stored.trainable and not layer.get("outliers"):  # outliers keep the Codebook form (exact values)
+            model = install(model, members, PackedWeight(tensors[f"codes.{name}"], book, shape, bits, layer["scheme"]))
+            continue
+        cb = _codebook(stored, name, layer, tensors, book)
         for member in members:
-            register_weight_parametrization(modules[member], cb, drop_original=True)
+            module = model.get_submodule(member)
+            module._parameters["weight"] = nn.Parameter(torch.empty(0, dtype=book.dtype), requires_grad=False)
+            register_weight_parametrization(module, cb, drop_original=True)
     return model

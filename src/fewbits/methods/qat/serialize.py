@@ -129,6 +129,6 @@ def fit(model: nn.Module, stored: Stored) -> None:
 
 def read(model: nn.Module, stored: Stored) -> nn.Module:
     """The codebooks, then the activation quantizers."""
-    codebook_serialize.read(model, stored)
+    model = codebook_serialize.read(model, stored)
     add_activations(model, stored.data["activations"], str(stored.path.parent / "fewbits.json"))
     return model
