@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.fewbits-installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench data clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,6 +18,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -n $(PYTEST_WORKERS)
+
+# set-up, once: the human-rated sentences (vaderSentiment 3.3.2's sdist, sha256-checked) into
+# $FEWBITS_DATA or ~/.cache/fewbits; Fashion-MNIST comes from Debian (apt-get install dataset-fashion-mnist)
+data: $(STAMP)
+	$(VENV)/bin/fewbits data fetch
 
 bench: $(STAMP)
 	$(PY) benchmarks/quantizers.py

@@ -26,6 +26,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "compress": "fewbits.methods.codebook",
     "decompress": "fewbits.methods.codebook",
+    "plan_bits": "fewbits.methods.codebook",
     "apply": "fewbits.methods.registry",
     "prepare_qat": "fewbits.methods.qat",
     "save": "fewbits.io",

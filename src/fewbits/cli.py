@@ -16,10 +16,12 @@ from fewbits.errors import FewbitsError
 
 # verb -> (module, one-line help). Add a verb by adding a line here and a module beside it.
 VERBS: dict[str, tuple[str, str]] = {
+    "data": ("fewbits.commands.data", "set-up: fetch the rated sentences (vaderSentiment sdist); show their splits"),
     "demo": ("fewbits.commands.demo", "quantize the offline default model with every scheme and print the table"),
     "finetune": ("fewbits.commands.finetune", "fine-tune a model on a task and save it (the full-precision start)"),
     "eval": ("fewbits.commands.eval", "evaluate a fine-tuned model on a task with the task's official metrics"),
     "quantize": ("fewbits.commands.quantize", "P1: quantize a fine-tuned model, fine-tune its codebooks, save the artifact"),
+    "export": ("fewbits.commands.export", "export an artifact to hf (plain safetensors), onnx (int8) or coreml (palettized)"),
     "info": ("fewbits.commands.info", "show an artifact's per-layer bits, sizes, true bits per weight and ratio to FP32"),
     "qat": ("fewbits.commands.qat", "quantization-aware training: STE phase, then ste/msqe/fisher/kd from its checkpoint"),
     "mask": ("fewbits.commands.mask", "learn a task's binary mask over a frozen shared base; save only mask + head"),

@@ -24,6 +24,10 @@ class TargetsNotFoundError(FewbitsValueError):
     """A module-name pattern matched no module of the model."""
 
 
+class MissingDependencyError(FewbitsError, ImportError):
+    """An optional package a feature needs is not installed (the message names the pip extra)."""
+
+
 class ArtifactError(FewbitsValueError):
     """An artifact on disk is missing, truncated, altered, or for another model or format version."""
 

@@ -3,25 +3,31 @@
 :func:`load` reads an artifact through the container (``fewbits.io``), which asks the method named in
 its manifest to rebuild the model; the base model arrives from here by a callback, built from the
 model zoo (``fewbits.models``) or, for a task mask, loaded from the base it was trained on (found by
-the checksum of its weights). :func:`load_any` is what the commands call with a ``--model``: an
+the checksum of its weights), once its size is checked on the meta device (see below). :func:`load_any` is what the commands call with a ``--model``: an
 artifact (or the run folder of one) goes through :func:`load`, anything else to
 :func:`fewbits.models.load_model`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
+from torch.nn.modules.module import register_module_module_registration_hook
 
 from fewbits._util.fs import sha256_hex
+from fewbits._util.untrusted import parse_json, private_copy
 from fewbits.errors import ArtifactError, FewbitsValueError, bad_param
 from fewbits.io import container
 from fewbits.io.container import Artifact, read_artifact
-from fewbits.io.format import MANIFEST_FILE
+from fewbits.io.format import CONFIG_FILE, MANIFEST_FILE
+from fewbits.methods import registry
 from fewbits.models import load_model, rebuild
 from fewbits.models.hf import MINILM_ALIASES, minilm_path
 
@@ -31,6 +37,99 @@ if TYPE_CHECKING:
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 RUN_FOLDERS = ("artifact", "model")  # where fewbits quantize and fewbits qat put the artifact of a run
 
+
+# --- before a base is allocated -------------------------------------------------------------------------------
+# The sizes that decide allocation (a config.json's vocabulary size or layer count, a built-in model's arguments
+# in the manifest) are believed only once checked against the files: the base is first built on the meta device
+# (no memory) with at most MODULES_PER_TENSOR modules per stored tensor, its values counted against what the
+# tensors file can fill (at most 8 per byte: a 1-bit code is the smallest a value is stored in), and every stored
+# tensor's shape compared with it (Method.fit). Only a base that passes is built for real, so a loader's memory
+# stays within a small multiple of the files plus the model they describe. `fewbits info` runs the same checks.
+
+MODULES_PER_TENSOR = 4  # a layer holds 1-4 tensors; containers (ModuleList, blocks) add a few more modules
+MODULE_SLACK = 256
+VALUES_SLACK = 1 << 20  # buffers a model builds but does not store (position ids, rotary tables)
+
+
+class _TooManyModules(Exception):
+    """Raised inside a meta build that registers more modules than the artifact can fill."""
+
+
+@contextlib.contextmanager
+def _module_budget(limit: int) -> Iterator[None]:
+    """Abort a model build (with :class:`_TooManyModules`) once it has registered ``limit`` submodules."""
+    count = [0]
+
+    def hook(module: nn.Module, name: str, submodule: nn.Module | None) -> None:
+        count[0] += 1
+        if count[0] > limit:
+            raise _TooManyModules
+
+    handle = register_module_module_registration_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _source(artifact: Artifact) -> Path:
+    """The file whose sizes describe the base: config.json for Hugging Face models, else the manifest."""
+    return artifact.directory / (CONFIG_FILE if artifact.base.get("kind") == "transformers" else MANIFEST_FILE)
+
+
+def _check_numbers(artifact: Artifact, tensors: int) -> None:
+    """Every int of the base's description (config.json, or a built-in's arguments) at most what the tensors can
+    fill, and the label count at most a head the tensors can hold: checked before the config itself is built
+    (transformers makes a dict of ``num_labels`` entries at once)."""
+    description = artifact.config() if artifact.base.get("kind") == "transformers" else artifact.base.get("args", {})
+    stack: list[tuple[str, object]] = [("", description)]
+    while stack:
+        key, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((f"{key}.{k}".lstrip("."), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{key}[{i}]", v) for i, v in enumerate(value))
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > 8 * tensors + VALUES_SLACK:
+            raise ArtifactError(f"{_source(artifact)}: {key} = {value} is more than the {tensors:,} bytes of "
+                                f"{artifact.tensors_file} can fill (altered?); save the model again.")
+    for key in ("num_labels", "num_classes"):
+        labels = description.get(key)
+        if isinstance(labels, int) and labels > tensors // 2:  # a head row takes at least 16 stored bits
+            raise ArtifactError(f"{_source(artifact)}: {key} = {labels} is more than a head {artifact.tensors_file} "
+                                "can hold (altered?); save the model again.")
+
+
+def meta_base(artifact: Artifact, build: Callable[[Artifact], nn.Module]) -> nn.Module:
+    """``build(artifact)`` on the meta device, refused when it is larger than the artifact's tensors can fill."""
+    tensors = len(artifact.files[artifact.tensors_file])
+    _check_numbers(artifact, tensors)
+    limit = MODULES_PER_TENSOR * len(artifact.entries) + MODULE_SLACK
+    try:
+        with _module_budget(limit), torch.device("meta"):
+            model = build(artifact)
+    except _TooManyModules:
+        raise ArtifactError(f"{_source(artifact)}: describes a base model of more than {limit:,} modules, more than "
+                            f"the {len(artifact.entries)} tensors of {artifact.tensors_file} can fill (altered?); "
+                            "save the model again.") from None
+    values = sum(t.numel() for t in (*model.parameters(), *model.buffers()))
+    if values > 8 * tensors + VALUES_SLACK:
+        raise ArtifactError(f"{_source(artifact)}: describes a base model of {values:,} values, more than the "
+                            f"{tensors:,} bytes of {artifact.tensors_file} can fill (altered?); save the model again.")
+    return model
+
+
+def check_loadable(artifact: Artifact, build: Callable[[Artifact], nn.Module]) -> None:
+    """Everything loading checks before allocating: the base's size (built on the meta device) and the fit of
+    every stored tensor to it. A task mask's base is another artifact, checked when it is loaded."""
+    if artifact.base.get("kind") not in ("transformers", "builtin"):
+        return
+    method = registry.get(artifact.method)
+    model = meta_base(artifact, build)
+    if method.fit is not None:
+        method.fit(model, artifact.stored())
+
+
+# --- loading ----------------------------------------------------------------------------------------
 
 def resolve_base(base: str | os.PathLike) -> Path:
     """The directory of a base: itself, or the offline MiniLM's for ``minilm``."""
@@ -71,14 +170,20 @@ def base_checksum(base: str | os.PathLike) -> str:
 
 
 def _build(artifact: Artifact) -> nn.Module:
-    """The fresh base model an artifact's recipe describes."""
+    """The fresh base model an artifact's recipe describes, once its size and fit are checked on the meta device."""
+    check_loadable(artifact, _rebuild)
+    return _rebuild(artifact)
+
+
+def _rebuild(artifact: Artifact) -> nn.Module:
+    """The base model of an artifact's recipe (on the current default device); errors name the file."""
     kind = artifact.base["kind"]
     where = artifact.directory / MANIFEST_FILE
     if kind == "module":
         raise ArtifactError(f"{where}: the base model is a plain {artifact.base['class']} that fewbits cannot "
                             f"rebuild; pass one: fewbits.load(directory, model={artifact.base['class']}(...)).")
     try:
-        return rebuild(artifact.base, artifact.config)
+        return rebuild(artifact.base, artifact.config, empty=registry.get(artifact.method).fills_base)
     except FewbitsValueError as exc:
         raise ArtifactError(f"{where}: {exc}") from exc
     except ArtifactError:
@@ -88,11 +193,18 @@ def _build(artifact: Artifact) -> nn.Module:
                             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}).") from exc
 
 
+def verify(directory: str | os.PathLike) -> Artifact:
+    """Read an artifact and run every check loading runs before it allocates (``fewbits info`` calls this)."""
+    artifact = read_artifact(directory)
+    check_loadable(artifact, _rebuild)
+    return artifact
+
+
 def load_base(base: str | os.PathLike, num_labels: int) -> tuple[nn.Module, Any]:
     """A base for mask training or loading: an artifact (FP32 or quantized) or a model directory or ``minilm``."""
     directory = resolve_base(base)
     if is_artifact(directory):
-        return load_with_tokenizer(directory)
+        return load_with_tokenizer(directory, trainable=True)  # masks go over the Codebook parametrizations
     return load_model(directory, num_labels=num_labels, new_head=True)
 
 
@@ -114,20 +226,28 @@ def _mask_base(artifact: Artifact, base: str | os.PathLike | None) -> tuple[nn.M
 
 
 def load_with_tokenizer(directory: str | os.PathLike, *, model: nn.Module | None = None,
-                        base: str | os.PathLike | None = None) -> tuple[nn.Module, Any]:
-    """:func:`load`, and the tokenizer saved with the artifact (or with its base), else None."""
+                        base: str | os.PathLike | None = None, trainable: bool = False,
+                        tokenizer: bool = True) -> tuple[nn.Module, Any]:
+    """:func:`load`, and the tokenizer saved with the artifact (or with its base), else None
+    (``tokenizer=False``: not read, None)."""
     artifact = read_artifact(directory)
-    tokenizer = None
+    found = None
     if artifact.base["kind"] == "artifact" and model is None:
-        model, tokenizer = _mask_base(artifact, base)
-    elif artifact.tokenizer_files:
-        tokenizer = load_tokenizer(artifact.directory)
-    return container.load(artifact, model=model, build_base=_build), tokenizer
+        model, found = _mask_base(artifact, base)
+    model = container.load(artifact, model=model, build_base=_build, trainable=trainable)
+    if artifact.tokenizer_files and tokenizer:
+        found = _tokenizer(artifact)
+    return model, (found if tokenizer else None)
 
 
 def load(directory: str | os.PathLike, *, model: nn.Module | None = None,
-         base: str | os.PathLike | None = None) -> nn.Module:
+         base: str | os.PathLike | None = None, trainable: bool = False) -> nn.Module:
     """Rebuild a saved model (any method: codebook, QAT export, task mask), in eval mode; outputs are bit-identical.
+
+    Compressed layers come as packed run-time layers (:mod:`fewbits.runtime`: the artifact's bit-packed
+    codes and codebooks, frozen); ``trainable=True`` gives the training representation instead (a
+    :class:`~fewbits.nn.Codebook` parametrization per layer, codebooks trainable). The base is built
+    without initialising its weights (meta device), then filled.
 
     The base model is rebuilt from the artifact (Hugging Face config or built-in name); for a plain
     ``nn.Module`` pass a fresh instance of its class as ``model``. A task mask needs ``base``, the
@@ -135,21 +255,36 @@ def load(directory: str | os.PathLike, *, model: nn.Module | None = None,
     truncated or altered file, a newer format version, or an artifact that does not fit the base model.
     Example: ``model = fewbits.load("out/minilm-4bit")``.
     """
-    return load_with_tokenizer(directory, model=model, base=base)[0]
+    return load_with_tokenizer(directory, model=model, base=base, trainable=trainable, tokenizer=False)[0]
 
 
 def load_tokenizer(directory: str | os.PathLike) -> Any:
     """The tokenizer saved with the artifact (``fewbits.save(..., tokenizer=...)``)."""
-    artifact = read_artifact(directory)
+    return _tokenizer(read_artifact(directory))
+
+
+def _tokenizer(artifact: Artifact) -> Any:
+    """The tokenizer of an artifact already read, from a private copy of its checked bytes."""
     if not artifact.tokenizer_files:
         raise ArtifactError(f"{artifact.directory / MANIFEST_FILE}: the artifact was saved without a tokenizer; "
                             "pass tokenizer= to fewbits.save.")
     from transformers import AutoTokenizer  # deferred: only text models need it
 
+    # transformers reads files by path: give it a private copy of the bytes already read and checked, so that
+    # nothing it opens can be a link, a FIFO or a file changed since
+    files = {name: artifact.files[name] for name in (*artifact.tokenizer_files, "config.json") if name in artifact.files}
+    for name, content in files.items():  # bounded JSON first: transformers' own parsing would recurse without end
+        if name.endswith(".json"):
+            parse_json(content, artifact.directory / name, fix="save the model again")
+    if CONFIG_FILE in files:  # transformers may build the config, which sizes a dict by num_labels
+        _check_numbers(artifact, len(artifact.files[artifact.tensors_file]))
     try:
-        return AutoTokenizer.from_pretrained(artifact.directory, local_files_only=True)
+        with private_copy(files) as folder:
+            return AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except Exception as exc:  # transformers raises many kinds for damaged tokenizer files
-        raise ArtifactError(f"{artifact.directory}: cannot load the tokenizer ({type(exc).__name__}: {exc}).") from exc
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise ArtifactError(f"{artifact.directory}: cannot load the tokenizer from "
+                            f"{', '.join(artifact.tokenizer_files)} ({type(exc).__name__}: {first}).") from exc
 
 
 def artifact_folder(path: Path) -> Path | None:
@@ -193,4 +328,4 @@ def load_any(name_or_dir: str | os.PathLike, task: Task | None = None, *, num_la
 
 
 __all__ = ["base_checksum", "is_artifact", "load", "load_any", "load_base",
-           "load_tokenizer", "load_with_tokenizer", "resolve_base"]
+           "load_tokenizer", "load_with_tokenizer", "resolve_base", "verify"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import types
+import warnings
 
 import pytest
 
@@ -249,6 +250,9 @@ class FakeDataset:
     def __getitem__(self, name):
         return self.columns[name]
 
+    def __len__(self):
+        return len(next(iter(self.columns.values())))
+
 
 def fake_datasets(calls, tables):
     module = types.ModuleType("datasets")
@@ -301,4 +305,28 @@ def test_hub_unavailable_says_to_pass_data_dir(monkeypatch):
     module.load_dataset = unreachable
     monkeypatch.setitem(sys.modules, "datasets", module)
     with pytest.raises(FewbitsError, match=r"could not load 'nyu-mll/glue' config 'sst2' .*ConnectionError.*data_dir"):
+        load_task("glue/sst2")
+
+
+@pytest.mark.parametrize("train, dev, bad, reason", [
+    ([["sentence", "label"]], None, "SST-2/train.tsv", "no examples (it holds no rows after the header)"),
+    (None, [["sentence", "label"], ["only"], ["text"], ["more"]], "SST-2/dev.tsv",
+     "no examples (all 3 rows have fewer than the 2 columns the header names)"),
+    ([], None, "SST-2/train.tsv", "is empty"),
+])
+def test_a_split_without_examples_names_the_file_and_why_before_training(tmp_path, train, dev, bad, reason):
+    files = {"SST-2/train.tsv": train if train is not None else GLUE_FILES["SST-2/train.tsv"],
+             "SST-2/dev.tsv": dev if dev is not None else GLUE_FILES["SST-2/dev.tsv"]}
+    write_glue(tmp_path, files)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # refused outright, not after a warning about skipped rows
+        with pytest.raises(FewbitsError) as info:
+            load_task("glue/sst2", data_dir=tmp_path)
+    assert bad in str(info.value) and reason in str(info.value) and "\n" not in str(info.value)
+
+
+def test_an_empty_hub_split_is_refused(monkeypatch):
+    tables = {"train": FakeDataset({"sentence": [], "label": []})}
+    monkeypatch.setitem(sys.modules, "datasets", fake_datasets([], tables))
+    with pytest.raises(FewbitsError, match="train: no examples"):
         load_task("glue/sst2")

@@ -7,19 +7,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # toy_stages, importable by tests and by the kill-test subprocess
-
-TOY_RECIPE = """
-pipeline = ["base", "add"]
-[defaults]
-x = 1
-[defaults.add]
-sleep = {sleep}
-[grid]
-seed = [0, 1]
-"add.delta" = [1, 2, 3]
-"""
-
+sys.path.insert(0, str(Path(__file__).parent))  # toy_stages, sweep_helpers, importable by tests and by the kill-test subprocess
 
 @pytest.fixture
 def journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -27,18 +15,6 @@ def journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "journal.txt"
     monkeypatch.setenv("TOY_JOURNAL", str(path))
     return path
-
-
-def write_recipe(directory: Path, text: str, name: str = "toy.toml") -> Path:
-    """Write a recipe file and return its path."""
-    path = directory / name
-    path.write_text(text)
-    return path
-
-
-def journal_lines(path: Path) -> list[list[str]]:
-    """The journal's lines, split into (kind, id, pid)."""
-    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 import pytest
-from conftest import TOY_RECIPE, write_recipe
+from sweep_helpers import TOY_RECIPE, write_recipe
 from toy_stages import TOY_STAGES
 
 from fewbits.errors import FewbitsValueError
@@ -115,9 +115,12 @@ def test_load_recipe_reports_bad_files(tmp_path: Path) -> None:
     assert load_recipe(good, TOY_STAGES).name == "toy"
 
 
-def test_the_six_recipes_are_shipped() -> None:
+def test_the_recipes_are_shipped() -> None:
     names = {p.stem for p in RECIPES}
-    assert names == {f"p{i}-{form}" for i in (1, 2, 3) for form in ("offline", "full")}
+    assert names == {f"p{i}-{form}" for i in (1, 2, 3) for form in ("offline", "full")} | {
+        "p1-sentences", "p1-sentences-iterations", "p3-sentences", "p2-fashion"}
+    runs = {p.stem: len(load_recipe(p).runs) for p in RECIPES if p.stem.endswith(("sentences", "iterations", "fashion"))}
+    assert runs == {"p1-sentences": 144, "p1-sentences-iterations": 24, "p3-sentences": 132, "p2-fashion": 63}
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)

@@ -20,7 +20,7 @@ def write_result(out: Path, paper: str | None, config: dict, stages: dict, run_i
     """One result file as the sweep writes it (only the fields the report reads, plus identity)."""
     run_id = run_id or config_hash(config)
     final = next(s for s in reversed(list(stages.values())) if "metrics" in s)
-    data = {"run_id": run_id, "recipe": {"name": f"{(paper or 'toy').lower()}-test", "paper": paper},
+    data = {"format": 1, "run_id": run_id, "recipe": {"name": f"{(paper or 'toy').lower()}-test", "paper": paper},
             "config": config, "seed": config.get("seed"), "point": {"seed": config.get("seed")},
             "metrics": final["metrics"], "sizes": final.get("sizes", {}), "stages": stages, "timings": {"total_s": 1.0},
             "versions": {"fewbits": "0.1.0", "torch": "2", "python": "3.11", "git_commit": "abc"}}

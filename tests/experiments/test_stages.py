@@ -65,3 +65,25 @@ def test_p3_pipeline(tmp_path: Path, bits: int) -> None:
     assert sizes["mask_bytes"] < sizes["artifact_bytes"]
     assert (sizes["mask_bits_per_weight"] > 0) == (mask["kept"][-1] < 1)  # keeping everything costs ~nothing
     assert ("relative_error" in r["stages"]["base"]) == (bits < 32)
+
+
+def test_head_only_control(tmp_path: Path) -> None:
+    import torch
+
+    from fewbits.experiments.stages_head import lora_size
+    from fewbits.models import load_model
+
+    (r,) = run_recipe(tmp_path, ["base", "head"], {"head": {**TRAIN, "lr": 1e-3}}, {"base.bits": [32]})
+    head = r["stages"]["head"]
+    assert head["steps"] == 2 and head["trained_params"] == 32 * 2 + 2  # tiny-bert's classifier only
+    assert set(head["metrics"]) == {"accuracy"} and head["prior_metrics"]["accuracy"] > 0.5
+    # tiny-bert: hidden 32, intermediate 64, 2 layers, vocabulary 141; LoRA rank 8 on every masked Linear (q, k, v,
+    # o, up, down of each layer, and the pooler); the mask also covers the three embeddings
+    lora = 2 * (4 * 8 * (32 + 32) + 2 * 8 * (32 + 64)) + 8 * (32 + 32)
+    masked = (141 + 128 + 2) * 32 + 2 * (4 * 32 * 32 + 2 * 32 * 64) + 32 * 32
+    assert r["sizes"]["lora"] == {"rank": 8, "params": lora, "masked_weights": masked,
+                                  "bits_per_masked_weight": pytest.approx(16 * lora / masked)}
+    model, _ = load_model("tiny-bert", num_labels=2)
+    assert lora_size(model, 4)["params"] == lora // 2
+    assert masked == sum(m.weight.numel() for m in model.modules()
+                         if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))) - 2 * 32  # all but the head

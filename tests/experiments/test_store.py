@@ -67,10 +67,12 @@ def test_finished_runs_and_stages_appear_by_rename(tmp_path: Path) -> None:
     store.ensure()
     (store.work_dir("r1") / "add").mkdir(parents=True)
     assert not store.is_done("r1")
-    store.finish_run("r1", {"run_id": "r1"})
+    record = {"format": 1, "run_id": "r1", "recipe": {"name": "t"}, "point": {}, "config": {"pipeline": []},
+              "metrics": {}, "sizes": {}, "stages": {}, "timings": {}, "versions": {}}
+    store.finish_run("r1", record)
     assert store.is_done("r1") and not store.work_dir("r1").exists()
     assert (store.run_dir("r1") / "add").is_dir()
-    assert store.results() == [{"run_id": "r1"}]
+    assert store.results() == [record]
     store.stage_partial("base", "k").mkdir(parents=True)
     (store.stage_partial("base", "k") / "model.bin").write_text("w")
     store.finish_stage("base", "k", {"info": {}})

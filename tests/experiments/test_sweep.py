@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import TOY_RECIPE, journal_lines, write_recipe
+from sweep_helpers import TOY_RECIPE, journal_lines, write_recipe
 from toy_stages import TOY_STAGES
 
 from fewbits.errors import FewbitsValueError
@@ -107,15 +107,23 @@ def test_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path: Path, journal: P
     assert Counter(line[0] for line in journal_lines(journal))["add"] == 6
 
 
-def test_user_error_stops_the_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_user_error_of_a_run_is_recorded_and_the_sweep_goes_on(tmp_path: Path, journal: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run whose model cannot be loaded (a FewbitsError) goes to _failed/ as README promises; the others run."""
     recipe = toy(tmp_path)
+    run = TOY_STAGES["add"].run
 
     def refuse(self, ctx):
-        raise FewbitsValueError("The 'data_dir' parameter must be a folder.")
+        if ctx.config["add"]["delta"] == 2:
+            raise FewbitsValueError("Model 'nosuch' does not exist.")
+        return run(self, ctx)
 
     monkeypatch.setattr(TOY_STAGES["add"], "run", refuse)
-    with pytest.raises(FewbitsValueError, match="data_dir"):
-        sweep(recipe, tmp_path / "res")
+    out = tmp_path / "res"
+    outcome = sweep(recipe, out)
+    assert len(outcome["failed"]) == 2 and len(outcome["done"]) == 4
+    record = json.loads((out / "_failed" / f"{outcome['failed'][0]}.json").read_text())
+    assert record["error"] == "FewbitsValueError: Model 'nosuch' does not exist." and record["traceback"] == ""
 
 
 def test_run_waits_for_a_shared_stage_computed_elsewhere(tmp_path: Path, journal: Path) -> None:
@@ -218,3 +226,32 @@ def test_torchrun_processes_run_each_stage_together_and_write_once(tmp_path: Pat
     by_stage = Counter((line[0], line[1]) for line in journal_lines(journal))
     assert len(by_stage) == 2 + 6 and set(by_stage.values()) == {2}  # every stage on both processes
     assert {r["processes"] for r in Store(out).results()} == {2}
+
+
+@pytest.mark.parametrize("setting, fragment", [
+    ("task=glue/nosuch", "unknown task 'glue/nosuch'"),
+    ("model=minlm", "unknown model 'minlm' (did you mean 'minilm'?)"),
+    ("model=./nowhere", "no such model directory ./nowhere"),
+    ("model=bad id!", "is neither a built-in model"),
+    ("data_dir=/nonexistent/glue", "data_dir /nonexistent/glue is not a folder"),
+])
+def test_dry_run_checks_tasks_models_and_data_offline(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                      setting: str, fragment: str) -> None:
+    from fewbits import cli
+
+    recipe = HERE.parents[1] / "recipes" / "p1-offline.toml"
+    assert cli.main(["sweep", str(recipe), "--out", str(tmp_path / "res"), "--dry-run", "--set", setting]) == 2
+    captured = capsys.readouterr()
+    assert fragment in captured.err and captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert any(line.startswith("problem") and fragment in line for line in captured.out.splitlines())
+    assert not (tmp_path / "res").exists()
+
+
+def test_dry_run_accepts_hub_ids_it_cannot_check_offline(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from fewbits import cli
+
+    recipe = HERE.parents[1] / "recipes" / "p1-offline.toml"
+    for model in ("albert-base-v2", "google-bert/bert-base-uncased", "tiny-bert"):
+        assert cli.main(["sweep", str(recipe), "--out", str(tmp_path / "res"), "--dry-run",
+                         "--set", f"model={model}"]) == 0
+    assert "problem" not in capsys.readouterr().out

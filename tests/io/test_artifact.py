@@ -24,7 +24,7 @@ def _logits(model, tokens):
 
 
 def test_round_trip_is_bit_identical(compressed_bert, artifact, tokens):
-    loaded = fewbits.load(artifact)
+    loaded = fewbits.load(artifact, trainable=True)
     assert not loaded.training
     assert torch.equal(_logits(loaded, tokens), _logits(compressed_bert, tokens))
     before, after = codebook_modules(compressed_bert), codebook_modules(loaded)
@@ -37,6 +37,23 @@ def test_round_trip_is_bit_identical(compressed_bert, artifact, tokens):
     assert sorted(os.listdir(artifact)) == ["config.json", MANIFEST_FILE, TENSORS_FILE]  # JSON + safetensors only
 
 
+def test_default_load_holds_the_packed_artifact_bytes(compressed_bert, artifact, tokens):
+    """Held tensor bytes = the artifact's tensor data (packed codes, codebooks, other tensors) + the buffers
+    the model makes itself (position ids): no unpacked codes, no index, no FP32 copy, after a forward too."""
+    from fewbits.io.container import read_artifact
+    from fewbits.runtime import PackedLayer, tensor_bytes
+
+    loaded = fewbits.load(artifact)
+    assert torch.equal(_logits(loaded, tokens), _logits(compressed_bert, tokens))
+    packed = {n for n, m in loaded.named_modules() if isinstance(m, PackedLayer)}
+    assert packed == set(codebook_modules(compressed_bert)) and not codebook_modules(loaded)
+    stored = read_artifact(artifact)
+    data = sum(e.nbytes for e in stored.entries.values())
+    made = {k for k, _ in loaded.named_buffers()} - set(loaded.state_dict())
+    own = sum(b.nbytes for k, b in loaded.named_buffers() if k in made)
+    assert tensor_bytes(loaded) == data + own
+
+
 def test_global_rng_is_untouched_by_load(artifact):
     torch.manual_seed(3)
     expected = torch.rand(3)
@@ -47,7 +64,7 @@ def test_global_rng_is_untouched_by_load(artifact):
 
 def test_float16_codebooks_are_the_rounded_values(compressed_bert, tmp_path, tokens):
     fewbits.save(compressed_bert, tmp_path / "half", codebook_dtype="float16")
-    loaded = fewbits.load(tmp_path / "half")
+    loaded = fewbits.load(tmp_path / "half", trainable=True)
     with torch.no_grad():
         for _, cb in codebook_modules(compressed_bert).values():
             cb.codebook.copy_(cb.codebook.half().float())
@@ -103,7 +120,7 @@ def test_tied_weights_stay_tied(tmp_path):
     fewbits.save(model, tmp_path / "mlm")
     manifest = json.loads((tmp_path / "mlm" / MANIFEST_FILE).read_text())
     assert manifest["data"]["layers"]["bert.embeddings.word_embeddings"]["tied"] == ["cls.predictions.decoder"]
-    loaded = fewbits.load(tmp_path / "mlm")
+    loaded = fewbits.load(tmp_path / "mlm", trainable=True)
     found = codebook_modules(loaded)
     assert found["cls.predictions.decoder"][1] is found["bert.embeddings.word_embeddings"][1]
     tokens = torch.randint(0, 64, (2, 5))

@@ -10,8 +10,8 @@ from torch import nn
 
 from fewbits.data.base import Task
 from fewbits.errors import FewbitsTypeError, FewbitsValueError
-from fewbits.models import (BUILTIN_MODELS, CNN1d, ResNet18, build_model, forward_batch, load_model, logits_of,
-                            save_model)
+from fewbits.models import (BUILTIN_MODELS, CNN1d, ResNet8, ResNet18, build_model, forward_batch, load_model,
+                            logits_of, save_model)
 
 
 def test_resnet18_has_the_cifar_stem_and_keeps_resolution_until_the_blocks():
@@ -34,6 +34,21 @@ def test_resnet18_full_width_has_the_usual_parameter_count():
     assert sum(p.numel() for p in ResNet18().parameters()) == 11_173_962
 
 
+def test_resnet8_is_three_basic_blocks_on_28x28_grey_images():
+    model = ResNet8().eval()
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    shapes = {}
+    for name in ("layer1", "layer2", "layer3"):
+        getattr(model, name).register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, o.shape[1:]))
+    model(torch.randn(1, 1, 28, 28))
+    assert shapes == {"layer1": (16, 28, 28), "layer2": (32, 14, 14), "layer3": (64, 7, 7)}
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(convs) + 1 == 8  # 7 3x3 convolutions and the linear head: ResNet-8
+    assert sum(p.numel() for p in model.parameters()) == 77_754
+    with pytest.raises(FewbitsValueError, match="'width' parameter of ResNet8"):
+        ResNet8(width=0)
+
+
 def test_cnn1d_takes_flat_or_channel_signals():
     model = CNN1d(num_classes=10).eval()
     x = torch.randn(4, 40)
@@ -42,7 +57,7 @@ def test_cnn1d_takes_flat_or_channel_signals():
 
 
 def test_build_model_checks_name_and_arguments():
-    assert set(BUILTIN_MODELS) == {"resnet18", "cnn1d"}
+    assert set(BUILTIN_MODELS) == {"resnet18", "resnet8", "cnn1d"}
     with pytest.raises(FewbitsValueError, match="'name' parameter of build_model"):
         build_model("resnet50")
     with pytest.raises(FewbitsValueError, match="depth"):
@@ -51,9 +66,10 @@ def test_build_model_checks_name_and_arguments():
         build_model("cnn1d", num_classes=0)
 
 
-@pytest.mark.parametrize("name,x", [("cnn1d", torch.randn(3, 1, 40)), ("resnet18", torch.randn(2, 3, 32, 32))])
+@pytest.mark.parametrize("name,x", [("cnn1d", torch.randn(3, 1, 40)), ("resnet18", torch.randn(2, 3, 32, 32)),
+                                    ("resnet8", torch.randn(2, 1, 28, 28))])
 def test_builtin_save_load_round_trip_gives_identical_outputs(tmp_path, name, x):
-    model, tokenizer = load_model(name, num_labels=5, **({"width": 4} if name == "resnet18" else {}))
+    model, tokenizer = load_model(name, num_labels=5, **({"width": 4} if name.startswith("resnet") else {}))
     assert tokenizer is None
     model.train()
     model(x)  # move the batch-norm running statistics away from their initial values

@@ -178,11 +178,19 @@ def test_resume_after_a_crash_reaches_the_uninterrupted_parameters(tmp_path):
     # step 18 was logged before the crash, then dropped on resume and logged again by the resumed run
     assert records == [("train", 3), ("train", 6), ("train", 9), ("train", 12), ("eval", 12), ("train", 15),
                        ("train", 18), ("train", 21), ("train", 24), ("eval", 24)]
+    # totals cover the whole run: the 15 steps before the checkpoint and the 9 after, two evaluations of 96
+    totals = load_trainer_state(latest_checkpoint(tmp_path))["totals"]
+    assert totals["trained"] == 24 * 16 and totals["evaluated"] == 2 * 96
+    assert result.train_examples_per_s == pytest.approx(totals["trained"] / totals["train_s"])
+    assert result.seconds >= totals["seconds"] >= totals["train_s"] + totals["eval_s"]
 
 
-def test_resume_refuses_other_settings_and_starts_fresh_without_checkpoint(tmp_path):
-    result = train(make_model(), signal_task(), TrainConfig(**FAST, out_dir=tmp_path / "new", resume=True))
-    assert result.step == 24  # nothing to resume: a fresh run
+def test_resume_refuses_other_settings_and_starts_fresh_without_checkpoint(tmp_path, caplog):
+    with caplog.at_level("WARNING"):
+        result = train(make_model(), signal_task(), TrainConfig(**FAST, out_dir=tmp_path / "new", resume=True))
+    assert result.step == 24  # nothing to resume: a fresh run, and it says so
+    assert [r.getMessage() for r in caplog.records] == [
+        f"no checkpoint in {tmp_path / 'new'} to resume from: training starts from the beginning"]
     train(make_model(), signal_task(), TrainConfig(**FAST, out_dir=tmp_path, max_steps=6))
     with pytest.raises(FewbitsValueError, match="lr=0.01, now 0.02"):
         train(make_model(), signal_task(), TrainConfig(**{**FAST, "lr": 2e-2}, out_dir=tmp_path, resume=True,

@@ -12,29 +12,16 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from fewbits._util.replace import fsync_path as fsync_dir
+from fewbits._util.replace import new_directory
+
 HASH_CHARS = 16
 CHUNK = 1 << 22
-
-
-def fsync_dir(path: Path) -> None:
-    """Flush a directory's entries (renames into it) to disk; a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
@@ -72,28 +59,10 @@ def write_json_atomic(path: str | os.PathLike, data: Any, *, indent: int | None 
 
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a fresh temporary directory beside ``target``; on success it replaces ``target`` by renames."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
-    try:
+    """Yield a fresh temporary directory beside ``target``; on success it replaces ``target`` in one atomic step
+    (see :mod:`fewbits._util.replace`: a kill at any instant leaves the old or the new folder, whole)."""
+    with new_directory(Path(target)) as tmp:
         yield tmp
-        for f in tmp.iterdir():
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        fsync_dir(tmp)
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(target, old)
-            os.rename(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, target)
-        fsync_dir(target.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def canonical_json(obj: Any) -> str:

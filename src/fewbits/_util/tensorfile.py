@@ -6,7 +6,6 @@ refused by its sizes (one line naming the file) instead of failing deep inside a
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from fewbits._util.untrusted import parse_json
 from fewbits.errors import ArtifactError
 
 # safetensors dtype tags <-> torch dtypes (the subset a model state holds)
@@ -22,6 +22,7 @@ ST_DTYPES: dict[str, torch.dtype] = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool,
 }
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
 DTYPE_NAMES: dict[str, torch.dtype] = {str(d).removeprefix("torch."): d for d in ST_DTYPES.values()}
 
 
@@ -73,12 +74,10 @@ def parse_header(data: bytes, path: Path) -> tuple[dict[str, TensorEntry], int]:
     (n,) = struct.unpack("<Q", data[:8])
     if n > len(data) - 8:
         raise _fail(path, f"truncated: header says {n} bytes, the file has {len(data) - 8} after the length")
-    try:
-        header = json.loads(data[8:8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _fail(path, f"corrupt safetensors header ({exc})") from None
-    if not isinstance(header, dict):
-        raise _fail(path, "corrupt safetensors header (not an object)")
+    if n > MAX_HEADER_BYTES:
+        raise _fail(path, f"a safetensors header of {n} bytes, more than the {MAX_HEADER_BYTES} safetensors allows")
+    header = parse_json(bytes(data[8:8 + n]), path, max_depth=4, fix="save the model again",
+                        label="safetensors header")
     header.pop("__metadata__", None)
     entries = {name: _entry(name, info, path) for name, info in header.items()}
     cursor = 0

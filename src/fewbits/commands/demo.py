@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fewbits.commands.preflight import check_out_dir
 from fewbits.errors import bad_param
 
 DEFAULT_SCHEMES = ("linear", "kmeans", "optimal")
@@ -68,9 +69,8 @@ def _check(args: argparse.Namespace) -> None:
             raise bad_param(f"--{name.replace('_', '-')}", "an int >= 1", getattr(args, name), "fewbits demo")
     if args.finetune_steps < 0:
         raise bad_param("--finetune-steps", "an int >= 0", args.finetune_steps, "fewbits demo")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise bad_param("--out", "a directory", str(out), "fewbits demo")
+    if not args.weights_only:
+        check_out_dir(args.out, "demo", files=("results.md", "results.json"), folders=("cells",))
 
 
 def _weights_only(args: argparse.Namespace) -> int:

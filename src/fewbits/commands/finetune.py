@@ -17,6 +17,8 @@ import json
 import time
 from pathlib import Path
 
+from fewbits.commands.preflight import add_threads_argument
+
 # Defaults per model family for the settings the user leaves out; text models follow BERT fine-tuning.
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `fewbits finetune`."""
@@ -51,25 +53,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue from the last checkpoint in --out (same settings required); starts fresh "
                              "when there is none")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice, one per core); on cores shared with other "
-                             "jobs 1 can be many times faster")
+    add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Load the task and model, train, save the final model into --out, print a summary."""
     import torch
 
+    from fewbits.commands.preflight import apply_threads, check_out_dir
     from fewbits.data import load_task
-    from fewbits.errors import bad_param
     from fewbits.models import load_model, save_model
     from fewbits.models.defaults import training_defaults
     from fewbits.train import TrainConfig, train
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise bad_param("--threads", "a positive int", args.threads, "fewbits finetune")
-        torch.set_num_threads(args.threads)
+    check_out_dir(args.out, "finetune", files=("finetune.json", "metrics.jsonl", "config.json"),
+                  folders=("checkpoints",))
+    apply_threads(args, "finetune")
     task = load_task(args.task, args.data_dir)
     torch.manual_seed(args.seed)  # the new classification head's initial weights
     model, tokenizer = load_model(args.model, task)
@@ -82,15 +81,15 @@ def run(args: argparse.Namespace) -> int:
         max_grad_norm=args.max_grad_norm or None, seed=args.seed, max_length=args.max_length, out_dir=args.out,
         resume=args.resume, max_steps=args.max_steps, log_every=args.log_every, save_every=args.save_every,
         num_workers=args.num_workers, progress=not args.no_progress)
-    started = time.perf_counter()
     result = train(model, task, config, tokenizer=tokenizer)
+    trained_at = time.perf_counter()
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
         return 0  # one process saves and reports
     out = save_model(model, args.out, tokenizer)
     summary = {"task": task.name, "split": task.eval_split, "metrics": result.metrics, "steps": result.step,
                "best_metric": result.best_metric, "best_step": result.best_step,
                "train_examples_per_s": result.train_examples_per_s, "eval_examples_per_s": result.eval_examples_per_s,
-               "seconds": time.perf_counter() - started}
+               "seconds": result.seconds + time.perf_counter() - trained_at}  # every session's training, then saving
     (Path(out) / "finetune.json").write_text(json.dumps(summary, indent=2) + "\n")
     shown = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
     print(f"{task.name} {task.eval_split}: {shown} after {result.step} steps "

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from fewbits.commands.landscape import add_common_arguments, check_positive, evaluation_batches, load_for_analysis
+from fewbits.commands.preflight import apply_threads, check_out_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
                         args.density_steps if args.density_steps < 2 else args.layers, "fewbits hessian")
     if any(t <= 0 for t in args.temperatures):
         raise bad_param("--temperatures", "positive numbers", args.temperatures, "fewbits hessian")
-    out = Path(args.out)
+    out = check_out_dir(args.out, "hessian", files=("hessian.json",))
+    apply_threads(args, "hessian")
     out.mkdir(parents=True, exist_ok=True)
     task = load_task(args.task, args.data_dir)
     model, tokenizer = load_for_analysis(args.model, task)

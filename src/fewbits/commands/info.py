@@ -1,7 +1,8 @@
 """Show what an artifact directory holds and what it truly costs.
 
-Prints every compressed layer (bits, groups, bytes of codes and codebook, bits per weight with the
-codebook), the tensors stored uncompressed, the headers, the true bits per weight of the whole
+Prints every compressed layer (bits, which differ by layer under mixed precision, groups, bytes of codes
+and codebook, weights kept exact beside it, bits per weight with codebook and outliers), the tensors
+stored uncompressed, the headers, the true bits per weight of the whole
 model (codebooks, uncompressed tensors and headers included) and the compression ratio against
 the same model in FP32. The artifact is verified (manifest, checksum) first. A task mask (written by
 `fewbits mask`) shows its per-layer mask sizes, sparsity and bits per masked weight, its head and the
@@ -42,21 +43,28 @@ def format_summary(s: ArtifactSummary, max_layers: int | None = None) -> str:
     layers = sorted(s.layers, key=lambda layer: -layer.numel)[:max_layers] if max_layers else s.layers
     width = max([len("layer")] + [len(layer.name) for layer in layers])
     lines.append(f"{'layer':<{width}}  {'shape':>14}  {'bits':>4}  {'scheme':>8}  {'groups':>6}  "
-                 f"{'codes':>11}  {'codebook':>11}  {'bits/weight':>11}")
+                 f"{'codes':>11}  {'codebook':>11}  {'outliers':>9}  {'bits/weight':>11}")
     for layer in layers:
         tied = f"  (tied: {', '.join(layer.tied)})" if layer.tied else ""
         shape = "x".join(map(str, layer.shape))
         lines.append(f"{layer.name:<{width}}  {shape:>14}  {layer.bits:>4}  {layer.scheme:>8}  {layer.n_groups:>6}  "
-                     f"{_size(layer.code_bytes):>11}  {_size(layer.codebook_bytes):>11}  "
+                     f"{_size(layer.code_bytes):>11}  {_size(layer.codebook_bytes):>11}  {layer.outliers:>9}  "
                      f"{layer.bits_per_weight:>11.3f}{tied}")
     if len(layers) < len(s.layers):
         lines.append(f"... and {len(s.layers) - len(layers)} smaller layers")
     codes = sum(layer.code_bytes for layer in s.layers)
     books = sum(layer.codebook_bytes for layer in s.layers)
+    kept = sum(layer.outlier_bytes for layer in s.layers)
+    widths = sorted({layer.bits for layer in s.layers})
+    average = sum(layer.bits * layer.numel for layer in s.layers) / max(1, s.compressed_weights)
     lines += [
         "",
         f"compressed   {len(s.layers)} layers, {s.compressed_weights:,} weights: codes {_size(codes)}, "
-        f"codebooks {_size(books)}",
+        f"codebooks {_size(books)}" + (f", outliers {_size(kept)} "
+                                       f"({sum(layer.outliers for layer in s.layers):,} weights)" if kept else ""),
+        *([f"mixed bits   {widths} per layer, {average:.3f} on average (codes only); "
+           f"{8 * (codes + books + kept) / max(1, s.compressed_weights):.3f} with codebooks and outliers"]
+          if len(widths) > 1 else []),
         f"uncompressed {s.uncompressed_values:,} values: {_size(s.uncompressed_bytes)}",
         f"headers      {_size(s.header_bytes)} (safetensors header, manifest, config)",
         f"total        {_size(s.total_bytes)} = theory {_size(s.theory_bytes)} + {100 * s.overhead:.2f}%"
@@ -95,9 +103,13 @@ def format_mask_summary(summary: MaskSummary, max_layers: int | None = None) -> 
 
 def run(args: argparse.Namespace) -> int:
     # imported here: `fewbits --help` must not load torch
+    from fewbits.errors import bad_param
     from fewbits.io.summary import MaskSummary, describe
+    from fewbits.loading import verify
 
-    summary = describe(args.directory)
+    if args.layers is not None and args.layers < 1:
+        raise bad_param("--layers", "a positive int (the number of largest layers shown)", args.layers, "fewbits info")
+    summary = describe(verify(args.directory))  # the checks loading runs, so info fails where loading fails
     if isinstance(summary, MaskSummary):
         print(format_mask_summary(summary, args.layers))
     else:

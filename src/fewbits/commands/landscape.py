@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
+
+from fewbits.commands.preflight import add_threads_argument, apply_threads, check_out_dir
 
 TASK_HELP = "task name: vader, vader-regression, glue/<task>, mnist1d, cifar10, cifar100"
 
@@ -44,6 +45,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random directions / probes (0)")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_threads_argument(parser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     check_positive(args, ["eval_size"], "landscape", allow_zero=("eval_size",))
     if args.grid < 3:
         raise bad_param("--grid", "an int >= 3", args.grid, "fewbits landscape")
-    out = Path(args.out)
+    out = check_out_dir(args.out, "landscape", files=("landscape.json", "directions.safetensors"))
+    apply_threads(args, "landscape")
     out.mkdir(parents=True, exist_ok=True)
     task = load_task(args.task, args.data_dir)
     model, tokenizer = load_for_analysis(args.model, task)

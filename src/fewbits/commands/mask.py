@@ -15,6 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
+from fewbits.commands.preflight import add_threads_argument, apply_threads, check_out_dir
 from fewbits.errors import FewbitsValueError
 
 
@@ -47,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write the run's record (metrics, kept fractions, sizes; the schema of the sweep's "
                         "mask stage) as JSON to FILE")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     if args.epochs < 1:
         raise FewbitsValueError(f"The '--epochs' option of fewbits mask must be a positive int. "
                                 f"Got {args.epochs} instead.")
+    check_out_dir(args.out, "mask", is_artifact=True)
+    apply_threads(args, "mask")
     train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_length=args.max_length,
                                max_steps=args.max_steps, seed=args.seed, progress=not args.no_progress)
     task = load_task(args.task, args.data_dir)

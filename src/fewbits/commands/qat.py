@@ -23,6 +23,8 @@ import json
 import time
 from pathlib import Path
 
+from fewbits.commands.preflight import add_threads_argument, apply_threads, check_out_dir
+
 # Defaults per model family for the settings the user leaves out: (lr, STE-phase epochs, second-phase epochs, batch).
 STE_DIR, MODEL_DIR, SUMMARY_FILE = "ste-phase", "model", "summary.json"
 
@@ -78,6 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes (0)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out (same settings)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_threads_argument(parser)
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -104,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
     from fewbits.train import TrainConfig
 
     _check(args)
+    check_out_dir(args.out, "qat", files=("qat.json", SUMMARY_FILE, "metrics.jsonl"), folders=("checkpoints", STE_DIR),
+                  artifacts=(MODEL_DIR,))
+    apply_threads(args, "qat")
     phase = RegularizerConfig(method=args.method, lam=args.lam, temperature=args.temperature, t2_scaling=not args.no_t2,
                               fisher=args.fisher, fisher_normalize=args.fisher_normalize,
                               true_fisher_examples=args.true_fisher_examples)

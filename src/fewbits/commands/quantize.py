@@ -8,15 +8,23 @@ its codebooks are fine-tuned as in P1 (codes frozen, each centroid moved by the 
 weights, codebooks at --quantized-lr-scale times --lr, unquantized parameters at --lr), evaluated again,
 and saved with fewbits.save in OUT/artifact (`fewbits info OUT/artifact` shows its sizes). OUT/result.json
 holds the scores, the quantization error and the sizes.
+
+Sensitivity-aware options (kmeans and optimal): --importance fisher (diagonal empirical Fisher from
+--importance-batches training batches) or adam (Adam's second moments of the FP32 fine-tuning) weights
+the codebook fit; --outliers F keeps that fraction of each layer's weights exact; a non-integer --bits
+(2.5) is an average budget: each layer's bits in 1..8 are chosen to minimise the predicted loss
+increase (--sensitivity error: importance-weighted squared error; trace: Hessian trace x error, HAWQ)
+so that codes, codebooks and outliers of the compressed layers fit it; OUT/bits.png plots the choice.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
-from fewbits.errors import bad_param
+from fewbits.commands.preflight import check_out_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +36,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None, help="folder with the task's files (see fewbits finetune)")
     parser.add_argument("--scheme", required=True, help="linear (P1), kmeans (P1), optimal (least squared error), "
                                                         "uniform")
-    parser.add_argument("--bits", type=int, required=True, help="bits per weight, 1 to 8")
+    parser.add_argument("--bits", type=_bits, required=True,
+                        help="bits per weight, 1 to 8; a non-integer (2.5) or a decimal point (3.0): mixed "
+                             "precision, each layer's bits chosen under that average")
+    parser.add_argument("--importance", choices=["none", "fisher", "adam"], default="none",
+                        help="weights of the codebook fit: none, fisher (empirical, from training batches) or adam "
+                             "(second moments of the FP32 fine-tuning run)")
+    parser.add_argument("--importance-batches", type=int, default=8,
+                        help="training batches (of --batch-size) for --importance fisher (8)")
+    parser.add_argument("--outliers", type=float, default=0.0,
+                        help="fraction of each layer's weights kept exact beside its codebook, in [0, 0.5) "
+                             "(0; SqueezeLLM keeps 0.005)")
+    parser.add_argument("--outlier-selection", choices=["magnitude", "error"], default="magnitude",
+                        help="which weights --outliers keeps: the largest |w| or the largest importance-weighted "
+                             "error (magnitude)")
+    parser.add_argument("--sensitivity", choices=["error", "trace"], default="error",
+                        help="what mixed precision minimises: error (importance-weighted squared error) or trace "
+                             "(per-layer Hessian trace x squared error, HAWQ)")
+    parser.add_argument("--trace-probes", type=int, default=16, help="Hutchinson probes for --sensitivity trace")
     parser.add_argument("--groups", type=int, default=None,
                         help="codebooks per weight tensor (default one; P1's group-wise: 128)")
     parser.add_argument("--max-iter", type=int, default=3,
@@ -55,6 +80,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
+def _bits(text: str) -> int | float:
+    """``3`` -> 3 (every layer), ``2.5`` or ``3.0`` -> a float (an average budget: mixed precision)."""
+    try:
+        return int(text)
+    except ValueError:
+        value = float(text)
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"not a finite number: {text!r}") from None
+        return value
+
+
 def _family(model: str) -> str:
     """Which fine-tuning recipe of `fewbits finetune` a model follows: a built-in's name, else "hf"."""
     config = Path(model).expanduser() / "config.json"
@@ -74,9 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from fewbits.models.defaults import training_defaults
     from fewbits.train import TrainConfig, evaluate
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise bad_param("--out", "a directory", str(out), "fewbits quantize")
+    out = check_out_dir(args.out, "quantize", files=("result.json",), folders=("fp32",), artifacts=("artifact",))
     model_dir = Path(args.model).expanduser()
     recipe = training_defaults(_family(args.model), "finetune")
     lr = args.lr if args.lr is not None else recipe["lr"]
@@ -84,7 +118,10 @@ def run(args: argparse.Namespace) -> int:
     config = QuantizeFinetuneConfig(scheme=args.scheme, bits=args.bits, groups=args.groups, max_iter=args.max_iter or None,
                       seed=args.seed, epochs=args.finetune_epochs, max_steps=args.finetune_max_steps,
                       batch_size=batch_size, lr=lr, quantized_lr_scale=args.quantized_lr_scale,
-                      max_length=args.max_length, eval_batch_size=args.eval_batch_size)
+                      max_length=args.max_length, eval_batch_size=args.eval_batch_size, importance=args.importance,
+                      importance_batches=args.importance_batches, outliers=args.outliers,
+                      outlier_selection=args.outlier_selection, sensitivity=args.sensitivity,
+                      trace_probes=args.trace_probes)
     fp32_config = None
     if not model_dir.is_dir():
         fp32_config = TrainConfig(epochs=args.fp32_epochs if args.fp32_epochs is not None else int(recipe["epochs"]),
@@ -98,13 +135,15 @@ def run(args: argparse.Namespace) -> int:
         model, tokenizer = load_fp32(model_dir, task)
         fp32_metrics = evaluate(model, task, tokenizer=tokenizer, batch_size=args.eval_batch_size,
                                 max_length=args.max_length)
-        source = str(model_dir)
+        source, adam_from = str(model_dir), model_dir
     else:
-        fp32 = finetune_fp32(args.model, task, fp32_config, out / "fp32", progress=progress)
+        fp32 = finetune_fp32(args.model, task, fp32_config, out / "fp32", progress=progress,
+                             keep_checkpoints=args.importance == "adam")
         model, tokenizer, fp32_metrics, source = fp32.model, fp32.tokenizer, fp32.metrics, str(fp32.directory)
+        adam_from = fp32.directory / "train"
         print(f"FP32 model {'reused from' if fp32.reused else 'fine-tuned into'} {fp32.directory}")
     result = quantize_finetune(model, task, config, tokenizer=tokenizer, artifact_dir=out / "artifact",
-                               progress=progress)
+                               adam_from=adam_from, progress=progress)
     record = {"model": args.model, "fp32_model": source, "task": task.name, "split": task.eval_split,
               "fp32": fp32_metrics, **result.to_dict()}
     (out / "result.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -115,4 +154,13 @@ def run(args: argparse.Namespace) -> int:
           f"fine-tuning steps (relative weight error {result.relative_error:.3g})")
     print(f"artifact {out / 'artifact'}: {art['artifact_bytes'] / 2**20:.2f} MiB, {art['bits_per_weight']:.3f} bits per weight, "
           f"{art['ratio_to_fp32']:.2f}x smaller than FP32 ({art['fp32_bytes'] / 2**20:.2f} MiB)")
+    if isinstance(args.bits, float):
+        from fewbits.protocols.sensitivity import plot_allocation
+
+        numel = {name: math.prod(model.get_submodule(name).weight.shape) for name in result.layer_bits}
+        counts = {b: sum(1 for v in result.layer_bits.values() if v == b) for b in sorted(set(result.layer_bits.values()))}
+        plot = plot_allocation(result.layer_bits, numel, out / "bits.png",
+                               title=f"{task.name}: {args.bits} bits on average ({args.sensitivity}, importance "
+                                     f"{args.importance})")
+        print(f"mixed precision: layers per bits {counts}; plot {plot}")
     return 0

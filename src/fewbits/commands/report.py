@@ -23,8 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the report and print where it is, with the claims' verdicts."""
-    from fewbits.experiments.report import write_report
+    from fewbits.commands.preflight import check_out_file
+    from fewbits.experiments.report import report_path, results_folder, write_report
 
+    out = report_path(results_folder(args.results), args.out)
+    check_out_file(out, "report", folders_beside=(f"{out.stem}-plots",))
     path, plots = write_report(args.results, args.out, args.recipe)
     text = path.read_text(encoding="utf-8")
     verdicts = [line for line in text.splitlines() if line.startswith("- **")]

@@ -13,7 +13,9 @@ and a multi-GPU run goes through torchrun (torchrun --nproc_per_node 4 -m fewbit
 
 --set KEY=VALUE overrides a setting for every run (e.g. --set data_dir=~/glue or --set finetune.epochs=1);
 VALUE is read as TOML (numbers, true/false, [lists]) or else as a string. --dry-run lists the runs and which
-are done, computing nothing. Exit status 1 when a run failed (its error is in OUT/_failed/<run_id>.json).
+are done, computing nothing, and checks what can be checked offline (task names, models, the data folder):
+a problem exits with status 2. Exit status 1 when a run failed (its error is in OUT/_failed/<run_id>.json);
+a run folder whose result.json is damaged is moved to OUT/_damaged/ and the run computed again.
 """
 
 from __future__ import annotations
@@ -48,9 +50,10 @@ def _settings(items: list[str]) -> dict:
 
 
 def _dry_run(recipe, out: str, shard) -> int:
+    from fewbits.errors import FewbitsValueError
     from fewbits.experiments.base import stage_keys
     from fewbits.experiments.store import Store
-    from fewbits.experiments.sweep import plan
+    from fewbits.experiments.sweep import offline_problems, plan
 
     statuses = plan(recipe, out, shard)
     store = Store(out)
@@ -61,10 +64,17 @@ def _dry_run(recipe, out: str, shard) -> int:
     for s in statuses:
         detail = f"  ({s.detail})" if s.detail else ""
         print(f"{s.status:<8} {s.run.run_id}  {s.run.label}{detail}")
-    counts = {k: sum(s.status == k for s in statuses) for k in ("done", "failed", "pending")}
+    counts = {k: sum(s.status == k for s in statuses) for k in ("done", "failed", "pending", "damaged")}
     where = f" (shard {shard[0]}/{shard[1]} of {len(recipe.runs)})" if shard else ""
+    damaged = f", {counts['damaged']} damaged (redone by the next sweep)" if counts["damaged"] else ""
     print(f"{recipe.name}: {len(statuses)} runs{where}: {counts['done']} done, {counts['pending']} pending, "
-          f"{counts['failed']} failed; shared stage outputs: {ready}/{len(shared)} ready")
+          f"{counts['failed']} failed{damaged}; shared stage outputs: {ready}/{len(shared)} ready")
+    problems = offline_problems([s.run for s in statuses], recipe.env)
+    for problem in problems:
+        print(f"problem  {problem}")
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise FewbitsValueError(f"{recipe.name}: {problems[0]}{more}")
     return 0
 
 
@@ -72,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     """Read the recipe, then list (--dry-run) or run this shard's runs and print a summary."""
     from tqdm.auto import tqdm
 
+    from fewbits.commands.preflight import check_out_dir
     from fewbits.experiments.recipe import load_recipe
     from fewbits.experiments.sweep import parse_shard, shard_runs, sweep
 
@@ -79,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, overrides=_settings(args.settings))
     if args.dry_run:
         return _dry_run(recipe, args.out, shard)
+    check_out_dir(args.out, "sweep")
     runs = shard_runs(recipe.runs, shard)
     bar = tqdm(total=len(runs), unit="run", desc=recipe.name, file=sys.stderr, dynamic_ncols=True)
     outcome = sweep(recipe, args.out, shard=shard, poll_s=args.poll,

@@ -15,7 +15,7 @@ from typing import Any
 
 from fewbits.data.base import ArraySplit, ImageExample, SignalExample, Task, TextExample
 from fewbits.data.collate import make_collate
-from fewbits.errors import FewbitsValueError, bad_param
+from fewbits.errors import FewbitsError, FewbitsValueError, bad_param
 
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
 
@@ -26,6 +26,8 @@ TASKS: list[str] = [
     "mnist1d",
     "cifar10",
     "cifar100",
+    "fashion-mnist",
+    *(f"sentences/{s}{suffix}" for s in ("movies", "tweets", "nyt", "amazon") for suffix in ("", "-regression")),
 ]
 
 # options each task accepts beyond data_dir (anything else is a user error, not silently ignored)
@@ -49,7 +51,10 @@ def load_task(name: str, data_dir: str | Path | None = None, **options: Any) -> 
     them out (None: the Hugging Face hub through ``datasets``); CIFAR: the folder holding
     ``cifar-10-batches-py/`` or ``cifar-100-python/`` (or that folder itself); vader: a folder
     holding ``vader_lexicon.txt`` (None: the copy shipped with vaderSentiment); mnist1d: an
-    optional cache folder (None: generate in memory).
+    optional cache folder (None: generate in memory); fashion-mnist: the folder of its four IDX files
+    (None: Debian's /usr/share/datasets/fashion-mnist); sentences/*: the folder holding
+    ``hutto_ICWSM_2014/`` (None: ``$FEWBITS_DATA`` or ``~/.cache/fewbits``, where ``fewbits data fetch``
+    puts it).
 
     Options: vader/vader-regression ``seed`` (0) and ``dev_fraction`` (0.2); glue/* ``hub_name``
     ("nyu-mll/glue", used only without data_dir).
@@ -59,6 +64,20 @@ def load_task(name: str, data_dir: str | Path | None = None, **options: Any) -> 
     """
     if not isinstance(name, str) or name not in TASKS:
         raise bad_param("name", f"one of {', '.join(TASKS)}", name, owner="load_task")
+    return _check_splits(_load(name, data_dir, options))
+
+
+def _check_splits(task: Task) -> Task:
+    """Refuse a task with an empty split, naming it, before anyone trains on it or scores it."""
+    for split, examples in task.splits.items():
+        if len(examples) == 0:
+            raise FewbitsError(f"{task.name}: the {split} split from {task.info.get('source', 'its files')} holds no "
+                               "examples; check the task's files.")
+    return task
+
+
+def _load(name: str, data_dir: str | Path | None, options: dict[str, Any]) -> Task:
+    """The loader of task ``name``."""
     if name.startswith("vader"):
         from fewbits.data.vader import load_vader
 
@@ -69,7 +88,16 @@ def load_task(name: str, data_dir: str | Path | None = None, **options: Any) -> 
 
         _check_options(name, options, "glue")
         return load_glue(name.split("/", 1)[1], data_dir, **options)
-    _check_options(name, options, name)
+    _check_options(name, options, name.split("/")[0])
+    if name.startswith("sentences/"):
+        from fewbits.data.sentences import load_sentences
+
+        stem = name.split("/", 1)[1]
+        return load_sentences(stem.removesuffix("-regression"), data_dir, regression=stem.endswith("-regression"))
+    if name == "fashion-mnist":
+        from fewbits.data.fashion_mnist import load_fashion_mnist
+
+        return load_fashion_mnist(data_dir)
     if name == "mnist1d":
         from fewbits.data.mnist1d import load_mnist1d
 

@@ -93,6 +93,8 @@ def read_batch(spec: CifarSpec, path: Path) -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(data[spec.label_key], dtype=np.int64)
     if pixels.dtype != np.uint8 or pixels.ndim != 2 or pixels.shape[1] != 3 * SIDE * SIDE:
         raise FewbitsError(f"{path}: b'data' must be uint8 of shape (N, 3072); got {pixels.dtype} {pixels.shape}.")
+    if len(pixels) == 0:
+        raise FewbitsError(f"{path}: no examples (b'data' holds 0 images). Extract the whole official archive, unchanged.")
     if labels.shape != (len(pixels),) or (len(labels) and not 0 <= labels.min() <= labels.max() < spec.num_labels):
         raise FewbitsError(f"{path}: {spec.label_key!r} must hold {len(pixels)} class ids in 0..{spec.num_labels - 1}.")
     # channel-major rows: (N, 3, 32, 32) -> (N, 32, 32, 3)

@@ -162,6 +162,11 @@ def _read_tsv(spec: GlueSpec, path: Path, labeled: bool) -> list[TextExample]:
             label = None if label_at is None else _parse_label(spec, row[label_at].strip(), path, line)
             text_b = row[text_at[1]] if len(text_at) == 2 else None
             examples.append(TextExample(row[text_at[0]], text_b, label))
+    if not examples:
+        why = (f"all {rows_skipped} rows have fewer than the {width} columns the header names" if rows_skipped
+               else "it holds no rows" + ("" if headerless else " after the header"))
+        raise FewbitsError(f"{path}: no examples ({why}). Use the {spec.folder} files of the official GLUE "
+                           f"download, unchanged.")
     if rows_skipped:
         warnings.warn(f"{path}: skipped {rows_skipped} rows with fewer than {width} columns", stacklevel=4)
     return examples
@@ -235,6 +240,8 @@ def _from_hub(spec: GlueSpec, table: Any, where: str) -> list[TextExample]:
     missing = [c for c in need if c not in table.column_names]
     if missing:
         raise FewbitsError(f"{where}: missing column(s) {missing} (columns: {table.column_names}).")
+    if len(table) == 0:
+        raise FewbitsError(f"{where}: no examples (the split is empty).")
     texts = [list(table[c]) for c in spec.hub_columns]
     labels = list(table["label"])
     if spec.label_names is None:

@@ -11,6 +11,7 @@ names a cache folder.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import random
 import tempfile
@@ -20,6 +21,8 @@ import numpy as np
 
 from fewbits.data.base import ArraySplit, SignalExample, Task
 from fewbits.data.metrics import accuracy_metrics
+
+log = logging.getLogger(__name__)
 
 CACHE_FILE = "mnist1d_default.npz"
 _KEYS = ("x", "y", "x_test", "y_test")
@@ -42,13 +45,29 @@ def _generate() -> dict[str, np.ndarray]:
     return out
 
 
-def _cached(cache_dir: Path) -> dict[str, np.ndarray]:
-    """Read the arrays from ``cache_dir``, writing them there first (atomically) if absent."""
-    path = cache_dir / CACHE_FILE
-    if path.is_file():
+def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
+    """The cached arrays when ``path`` holds well-formed MNIST-1D arrays, else None (damaged or foreign)."""
+    try:
         with np.load(path, allow_pickle=False) as f:
-            if all(k in f.files for k in _KEYS):
-                return {k: f[k] for k in _KEYS}
+            if not all(k in f.files for k in _KEYS):
+                return None
+            data = {k: f[k] for k in _KEYS}
+    except Exception:  # noqa: BLE001 - zip, npy and OS errors of a damaged file all mean "regenerate"
+        return None
+    for x, y in ((data["x"], data["y"]), (data["x_test"], data["y_test"])):
+        if (x.dtype != np.float32 or y.dtype != np.int64 or x.ndim != 2 or y.shape != (len(x),) or not len(x)
+                or x.shape[1] != data["x"].shape[1] or y.min() < 0 or y.max() > 9):
+            return None
+    return data
+
+
+def _cached(cache_dir: Path) -> dict[str, np.ndarray]:
+    """Read the arrays from ``cache_dir``, writing them there first (atomically) if absent or damaged."""
+    path = cache_dir / CACHE_FILE
+    if path.is_file() and (data := _read_cache(path)) is not None:
+        return data
+    if path.exists():
+        log.warning("%s: damaged or stale MNIST-1D cache, written again", path)
     data = _generate()
     cache_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".mnist1d-", suffix=".npz")

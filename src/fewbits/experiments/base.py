@@ -81,6 +81,7 @@ class Stage(ABC):
     version: ClassVar[int] = 1
     uses: ClassVar[Mapping[str, Any]] = {}
     defaults: ClassVar[Mapping[str, Any]] = {}
+    numbers: ClassVar[frozenset[str]] = frozenset()  # parameters taking an int or a float, each kept as given
     saved: ClassVar[bool] = False
 
     @classmethod

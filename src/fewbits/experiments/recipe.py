@@ -120,9 +120,14 @@ def _stage_table(stages: Mapping[str, Any], kind: str, where: str) -> Any:
     return stages[kind]
 
 
-def _coerce(path: str, value: Any, default: Any, where: str) -> Any:
-    """Check ``value`` against the type of the stage's ``default`` (an int where a float is expected is fine)."""
+def _coerce(path: str, value: Any, default: Any, where: str, number: bool = False) -> Any:
+    """Check ``value`` against the type of the stage's ``default`` (an int where a float is expected is fine).
+
+    ``number``: the stage takes an int or a float there, each kept as given (e.g. ``quantize.bits``).
+    """
     if default is None or value is None:
+        return value
+    if number and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return value
     if isinstance(default, bool):
         ok = isinstance(value, bool)
@@ -182,7 +187,8 @@ def resolve(stages: Mapping[str, Any], pipeline: list[str], settings: Mapping[st
             _check_known(stages, path, where)
             head, _, tail = path.partition(".")
             if tail and head in pipeline:
-                config[head][tail] = _coerce(path, value, stages[head].defaults[tail], where)
+                config[head][tail] = _coerce(path, value, stages[head].defaults[tail], where,
+                                             tail in stages[head].numbers)
             elif not tail and path in shared:
                 shared[path] = value
             elif strict:

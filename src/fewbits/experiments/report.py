@@ -16,6 +16,7 @@ each paper prints them. Runs of recipes without a paper are listed as they are.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections import defaultdict
@@ -28,7 +29,9 @@ from fewbits.errors import FewbitsValueError
 from fewbits.experiments.claims import (P1_REFERENCE, P1_REFERENCE_DEFAULT, P2_METHODS, P2_PAPER_T, P2_REFERENCE,
                                         P2_TEACHER, P3_COLUMNS, P3_REFERENCE, Stat, Verdict, p1_claims, p2_claims,
                                         p3_claims, p3_scheme_claim)
-from fewbits.experiments.store import SWEEP_LOG, Store
+from fewbits.experiments.store import SWEEP_LOG, Store, table_problem
+
+log = logging.getLogger(__name__)
 
 GLUE_PAIRS = {"glue/mrpc": ("accuracy", "f1"), "glue/qqp": ("accuracy", "f1"), "glue/stsb": ("pearson", "spearman")}
 LEFT_OUT_OF_AVERAGE = ("glue/wnli",)
@@ -105,7 +108,9 @@ def _save(fig: Any, path: Path) -> Path:
 # --- P1 -----------------------------------------------------------------------------------------------------
 
 def p1_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str) -> Section:
-    """Tables, plot and verdicts of P1's runs."""
+    """Tables, plot and verdicts of P1's runs (the iteration study's runs have their own table: report_extra)."""
+    from fewbits.experiments.report_extra import is_iteration_variant
+
     clashes: list[str] = []
     cells: dict[tuple, dict[int, float]] = defaultdict(dict)  # (model, scheme, bits, task) -> {seed: score}
     fp32: dict[tuple, dict[str, float]] = defaultdict(dict)  # (model, task) -> {finetune key: score}
@@ -116,7 +121,7 @@ def p1_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str)
         c, stages = r["config"], r["stages"]
         model, task, seed = c["model"], c["task"], c.get("seed", 0)
         final = stages.get("finetune_quantized") or stages.get("quantize")
-        if final is None or "quantize" not in c:
+        if final is None or "quantize" not in c or is_iteration_variant(c):
             continue
         key = (model, c["quantize"]["scheme"], c["quantize"]["bits"], task)
         if (score := task_score(task, final)) is not None:
@@ -480,8 +485,9 @@ def _sweep_lines(directory: Path) -> list[str]:
 
 
 def build_report(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str, source: str = "",
-                 sweeps: Sequence[str] = ()) -> tuple[str, list[Path], list[Verdict]]:
-    """Render the Markdown report of ``results``; plots go to ``plots_dir`` and are linked as ``link/NAME``."""
+                 sweeps: Sequence[str] = (), skipped: Sequence[str] = ()) -> tuple[str, list[Path], list[Verdict]]:
+    """Render the Markdown report of ``results``; plots go to ``plots_dir`` and are linked as ``link/NAME``.
+    ``skipped``: one line per record left out and why, listed at the top."""
     by_paper: dict[str | None, list] = defaultdict(list)
     for r in results:
         by_paper[(r.get("recipe") or {}).get("paper")].append(r)
@@ -493,12 +499,18 @@ def build_report(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: st
              f"{', '.join(f'`{n}`' for n in recipes)}; {compute:.0f} s of run time in total. Versions: fewbits "
              f"{v.get('fewbits')} (commit {str(v.get('git_commit'))[:10]}), torch {v.get('torch')}, python "
              f"{v.get('python')}.", ""]
+    if skipped:
+        parts += [f"**Skipped**: {len(skipped)} damaged or unusable record(s), left out of every table (run the "
+                  "sweep again to recompute them):", "", *(f"- `{line}`" for line in skipped), ""]
     if sweeps:
         parts += ["Sweeps that computed these runs:", "", *sweeps, ""]
+    from fewbits.experiments.report_extra import extra_sections
+
     sections = []
     for paper, build in (("P1", p1_section), ("P2", p2_section), ("P3", p3_section)):
         if by_paper.get(paper):
             sections.append(build(by_paper[paper], plots_dir, link))
+            sections += extra_sections(paper, by_paper[paper], plots_dir, link)
     verdicts = [vd for s in sections for vd in s.verdicts]
     clashes = [c for s in sections for c in s.clashes]
     if clashes:
@@ -520,6 +532,40 @@ def build_report(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: st
     return "\n".join(parts).rstrip() + "\n", [p for s in sections for p in s.plots], verdicts
 
 
+def results_folder(results_dir: str | os.PathLike) -> Path:
+    """``results_dir`` as a Path, refused in one line when it is not a folder (missing, or a file)."""
+    directory = Path(results_dir).expanduser()
+    if not directory.is_dir():
+        problem = "is a file, not a folder" if os.path.lexists(directory) else "does not exist"
+        raise FewbitsValueError(f"The results folder {str(directory)!r} {problem}; give the --out folder of "
+                                "a fewbits sweep.")
+    return directory
+
+
+def report_path(results_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Where the report of ``results_dir`` goes: ``out``, else ``results_dir/report.md``."""
+    return Path(out).expanduser() if out is not None else Path(results_dir).expanduser() / "report.md"
+
+
+def _gather(directory: Path) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """Valid results, skipped records (file: why) and sweep lines of a results folder or of its child folders."""
+    folders = [directory] + sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))
+                                   and not os.path.lexists(p / "result.json"))
+    results: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    sweeps: list[str] = []
+    for folder in folders:
+        found, bad = Store(folder).scan()
+        for r in found:
+            if problem := table_problem(r):
+                bad.append(f"{folder / r['run_id'] / 'result.json'}: {problem}")
+            else:
+                results.append(r)
+        skipped += bad
+        sweeps += _sweep_lines(folder)
+    return results, skipped, sweeps
+
+
 def write_report(results_dir: str | os.PathLike, out: str | os.PathLike | None = None,
                  recipes: Sequence[str | os.PathLike] = ()) -> tuple[Path, list[Path]]:
     """Write the Markdown report of every finished run under ``results_dir`` (default ``results_dir/report.md``),
@@ -529,28 +575,22 @@ def write_report(results_dir: str | os.PathLike, out: str | os.PathLike | None =
     Several results folders can be reported together by pointing at their common parent: every
     ``*/result.json`` one or two levels down is read. Example: ``write_report("results", "reports/offline.md")``.
     """
-    directory = Path(results_dir)
-    if not directory.is_dir():
-        raise FewbitsValueError(f"The results folder {str(directory)!r} does not exist; give the --out folder of "
-                                "a fewbits sweep.")
-    folders = [directory] + sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("_")
-                                   and not (p / "result.json").is_file())
-    results: list[dict[str, Any]] = []
-    sweeps: list[str] = []
-    for folder in folders:
-        results += Store(folder).results()
-        sweeps += _sweep_lines(folder)
+    directory = results_folder(results_dir)
+    results, skipped, sweeps = _gather(directory)
+    for line in skipped:
+        log.warning("report: skipped %s", line)
     if recipes:
         from fewbits.experiments.recipe import load_recipe
 
         wanted = {run.run_id for path in recipes for run in load_recipe(path).runs}
         results = [r for r in results if r.get("run_id") in wanted]
     if not results:
+        damaged = f" ({len(skipped)} damaged record(s) skipped: {skipped[0]})" if skipped else ""
         raise FewbitsValueError(f"No finished run (*/result.json) under {str(directory)!r}"
-                                f"{' of the given recipes' if recipes else ''}; run fewbits sweep first.")
-    path = Path(out) if out is not None else directory / "report.md"
+                                f"{' of the given recipes' if recipes else ''}{damaged}; run fewbits sweep first.")
+    path = report_path(directory, out)
     plots_dir = path.parent / f"{path.stem}-plots"
-    text, plots, _ = build_report(results, plots_dir, plots_dir.name, str(directory), sweeps)
+    text, plots, _ = build_report(results, plots_dir, plots_dir.name, str(directory), sweeps, skipped)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")

@@ -10,6 +10,7 @@
 | ``landscape`` | no | fitted-paraboloid Hessian trace of the loss surface (filter-normalized directions) | P2 |
 | ``base`` | yes | the shared pretrained base for masks, quantized to ``bits`` (32: as is) | P3 |
 | ``mask`` | no | learn the task's binary mask (and head) over the frozen base; evaluate; mask bytes | P3 |
+| ``head`` | no | P3's control: train only the head over the frozen base; evaluate; LoRA size for scale | P3 |
 
 Parameters and defaults are each class's ``defaults``; torch, transformers and the method modules are
 imported only when a stage runs, so reading and dry-running recipes stays fast.
@@ -19,10 +20,11 @@ from __future__ import annotations
 
 from fewbits.experiments.base import Stage
 from fewbits.experiments.stages_common import Finetune
+from fewbits.experiments.stages_head import Head
 from fewbits.experiments.stages_mask import Base, Mask
 from fewbits.experiments.stages_qat import STE, Landscape, Regularize
 from fewbits.experiments.stages_quant import FinetuneQuantized, Quantize
 
 STAGES: dict[str, type[Stage]] = {
-    cls.kind: cls for cls in (Finetune, Quantize, FinetuneQuantized, STE, Regularize, Landscape, Base, Mask)
+    cls.kind: cls for cls in (Finetune, Quantize, FinetuneQuantized, STE, Regularize, Landscape, Base, Mask, Head)
 }

@@ -8,6 +8,7 @@ Layout of ``RESULTS_DIR``::
     _work/<run_id>/               a run in flight: its per-stage folders; renamed to <run_id>/ when done
     _locks/<name>.lock            advisory locks (flock) of runs and stages in flight
     _failed/<run_id>.json         the error of a run that raised (retried by the next sweep)
+    _damaged/<run_id>-<time>/     a run folder whose result.json did not validate, set aside (the run is redone)
     _sweeps.jsonl                 one line per sweep invocation: recipe, shard, host, wall time, outcome counts
 
 Locks are ``fcntl.flock`` locks: the kernel releases them when their process dies, SIGKILL included, so a
@@ -20,20 +21,33 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import logging
 import math
 import os
+import re
 import shutil
 import socket
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from fewbits._util import fs
 from fewbits.errors import FewbitsError
 
+log = logging.getLogger(__name__)
+
 RESULT_FILE, STAGE_FILE = "result.json", "stage.json"
-STAGES_DIR, WORK_DIR, LOCKS_DIR, FAILED_DIR = "_stages", "_work", "_locks", "_failed"
+STAGES_DIR, WORK_DIR, LOCKS_DIR, FAILED_DIR, DAMAGED_DIR = "_stages", "_work", "_locks", "_failed", "_damaged"
 SWEEP_LOG = "_sweeps.jsonl"
+RESULT_FORMAT = 1
+RUN_ID = re.compile(r"[0-9a-f]{16}")  # how recipe.config_hash names a run
+MAX_RECORD_BYTES = 64 << 20  # a result record is a few KiB; anything near this is not one
+
+# top-level fields of a result record and their JSON types (see Sweeper.execute)
+_RESULT_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "format": int, "run_id": str, "recipe": dict, "point": dict, "config": dict, "metrics": dict, "sizes": dict,
+    "stages": dict, "timings": dict, "versions": dict}
 
 
 def jsonable(obj: Any) -> Any:
@@ -60,11 +74,78 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 def read_json(path: Path) -> dict[str, Any] | None:
     """The JSON object in ``path``, or None when it is missing or not a complete JSON object."""
+    data, _ = read_record(path)
+    return data
+
+
+def read_record(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """``(the JSON object in path, "")``, or ``(None, why not)``: missing, empty, too large, not JSON, not an object."""
     try:
+        if not path.is_file() or path.is_symlink():
+            return None, "missing" if not os.path.lexists(path) else "not a regular file"
+        size = path.stat().st_size
+        if size == 0:
+            return None, "empty"
+        if size > MAX_RECORD_BYTES:
+            return None, f"{size} bytes, more than a record can hold ({MAX_RECORD_BYTES})"
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
+    except OSError as exc:
+        return None, f"unreadable ({exc.strerror or exc})"
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        return None, f"not valid JSON (truncated or damaged: {str(exc).splitlines()[0][:80]})"
+    if not isinstance(data, dict):
+        return None, f"a JSON {type(data).__name__}, not an object"
+    return data, ""
+
+
+def result_problem(data: dict[str, Any], run_id: str) -> str:
+    """Why ``data`` is not a valid result record of run ``run_id`` ("" when it is one)."""
+    for key, kind in _RESULT_FIELDS.items():
+        if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
+            return f"field {key!r} missing or not a {kind.__name__}"
+    if not 1 <= data["format"] <= RESULT_FORMAT:
+        return f"format {data['format']}, this fewbits reads 1 to {RESULT_FORMAT}"
+    if data["run_id"] != run_id:
+        return f"run_id {data['run_id']!r} differs from its folder's name"
+    config, stages = data["config"], data["stages"]
+    pipeline = config.get("pipeline")
+    if not isinstance(pipeline, list) or not all(isinstance(k, str) for k in pipeline):
+        return "config.pipeline missing or not a list of stage names"
+    if not isinstance(config.get("seed", 0), int) or isinstance(config.get("seed", 0), bool):
+        return "config.seed is not an int"
+    for kind, stage in stages.items():
+        if not isinstance(stage, dict) or not isinstance(stage.get("key", ""), str):
+            return f"stages.{kind} is not an object with a string key"
+        if not isinstance(stage.get("metrics", {}), dict):
+            return f"stages.{kind}.metrics is not an object"
+    if not isinstance(data["recipe"].get("name", ""), str) or not isinstance(data["recipe"].get("paper"),
+                                                                              (str, type(None))):
+        return "recipe.name or recipe.paper is not a string"
+    return ""
+
+
+# config fields each paper's tables read, as (path, type, only when this config key is present)
+_PAPER_FIELDS: dict[str, tuple[tuple[str, type | tuple[type, ...], str | None], ...]] = {
+    "P1": (("model", str, None), ("task", str, None), ("quantize.scheme", str, "quantize"),
+           ("quantize.bits", int, "quantize")),
+    "P2": (("task", str, None), ("ste.abits", int, "ste"), ("ste.wbits", int, "ste"),
+           ("regularize.method", str, "regularize"), ("regularize.temperature", (int, float), "regularize")),
+    "P3": (("model", str, None), ("task", str, None), ("base.bits", int, "base")),
+}
+
+
+def table_problem(record: Mapping[str, Any]) -> str:
+    """Why a (schema-valid) result cannot fill its paper's tables: a config field they read is missing ("" if none)."""
+    paper, config = record["recipe"].get("paper"), record["config"]
+    for path, kind, when in _PAPER_FIELDS.get(paper, ()):
+        if when is not None and when not in config:
+            continue
+        value: Any = config
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"config.{path} missing or of the wrong type for a {paper} table"
+    return ""
 
 
 class Lock:
@@ -152,9 +233,31 @@ class Store:
         """The result of a finished run, else None."""
         return read_json(self.run_dir(run_id) / RESULT_FILE)
 
+    def result_status(self, run_id: str) -> tuple[bool, str]:
+        """``(done, problem)``: done when the run's result validates; else why its folder is damaged ("" when the
+        run has no folder)."""
+        path = self.run_dir(run_id) / RESULT_FILE
+        if not os.path.lexists(self.run_dir(run_id)):
+            return False, ""
+        data, problem = read_record(path)
+        if data is not None:
+            problem = result_problem(data, run_id)
+        return not problem, problem and f"{path}: {problem}"
+
     def is_done(self, run_id: str) -> bool:
-        """True when the run's result file exists (it is only ever written complete)."""
-        return (self.run_dir(run_id) / RESULT_FILE).is_file()
+        """True when the run's result file exists and validates (a damaged one does not count)."""
+        return self.result_status(run_id)[0]
+
+    def set_aside(self, run_id: str) -> Path | None:
+        """Move a run folder whose result does not validate to ``_damaged/`` (with a warning); returns where."""
+        done, problem = self.result_status(run_id)
+        if done or not problem:
+            return None
+        target = self.root / DAMAGED_DIR / f"{run_id}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(self.run_dir(run_id), target)
+        log.warning("damaged result set aside, the run is computed again: %s (moved to %s)", problem, target)
+        return target
 
     def run_lock(self, run_id: str) -> Lock:
         """The lock a process holds while it computes the run."""
@@ -216,12 +319,23 @@ class Store:
             os.close(fd)
 
     def results(self) -> list[dict[str, Any]]:
-        """Every finished run's result under the folder, sorted by run id."""
-        found = []
+        """Every finished run's valid result under the folder, sorted by run id."""
+        return self.scan()[0]
+
+    def scan(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """Every valid result under the folder, sorted by run id, and one line per run folder skipped and why."""
+        found, skipped = [], []
         if self.root.is_dir():
             for child in sorted(self.root.iterdir()):
-                if not child.name.startswith("_") and child.is_dir():
-                    data = read_json(child / RESULT_FILE)
-                    if data is not None:
-                        found.append(data)
-        return found
+                if child.name.startswith(("_", ".")) or not child.is_dir():
+                    continue
+                if not os.path.lexists(child / RESULT_FILE) and not RUN_ID.fullmatch(child.name):
+                    continue  # not a run's folder (e.g. a results folder below a parent being reported)
+                data, problem = read_record(child / RESULT_FILE)
+                if data is not None:
+                    problem = result_problem(data, child.name)
+                if problem:
+                    skipped.append(f"{child / RESULT_FILE}: {problem}")
+                else:
+                    found.append(data)
+        return found, skipped

@@ -1,8 +1,12 @@
 """The sweep runner: run every run of a recipe once, resumably, on one shard of the grid.
 
-- A run is skipped when ``RESULTS/<run_id>/result.json`` exists; that file appears complete or not at all
-  (the run's folder is renamed into place), so a sweep killed at any moment (SIGKILL included) and
-  started again loses at most the runs in flight and never duplicates or corrupts a result.
+- A run is skipped when ``RESULTS/<run_id>/result.json`` exists and validates; that file appears complete or
+  not at all (the run's folder is renamed into place), so a sweep killed at any moment (SIGKILL included) and
+  started again loses at most the runs in flight and never duplicates or corrupts a result. A run folder whose
+  record does not validate (truncated, emptied, edited) is moved to ``_damaged/`` with a warning and the run is
+  computed again.
+- A run that raises, a user error included (a model its settings name cannot be loaded), is recorded in
+  ``_failed/<run_id>.json`` and the sweep goes on with the other runs.
 - A process holds a lock while it computes a run or a shared stage (:mod:`fewbits.experiments.store`), so
   two shards, or the same shard started twice, never compute the same thing at once; a run whose
   shared stage is being computed elsewhere is put back and retried after the runs that can go ahead.
@@ -15,8 +19,10 @@
 
 from __future__ import annotations
 
+import difflib
 import gc
 import logging
+import re
 import os
 import platform
 import socket
@@ -34,11 +40,11 @@ from typing import Any
 from fewbits.errors import FewbitsError, bad_param
 from fewbits.experiments.base import Stage, StageContext, StageOutput, stage_keys
 from fewbits.experiments.recipe import Recipe, Run
-from fewbits.experiments.store import Lock, Store
+from fewbits.experiments.store import RESULT_FORMAT, Lock, Store
 
 log = logging.getLogger(__name__)
 
-RESULT_FORMAT = 1
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?")  # the Hugging Face hub's repo id syntax
 
 
 class StageBusy(Exception):
@@ -67,7 +73,8 @@ def shard_runs(runs: list[Run], shard: tuple[int, int] | None) -> list[Run]:
 
 @dataclass
 class RunStatus:
-    """Where one run stands: ``done``, ``failed`` (last attempt raised) or ``pending``, and why."""
+    """Where one run stands: ``done``, ``failed`` (last attempt raised), ``damaged`` (its record does not
+    validate: it is set aside and computed again) or ``pending``, and why."""
 
     run: Run
     status: str
@@ -79,13 +86,64 @@ def plan(recipe: Recipe, out: str | os.PathLike, shard: tuple[int, int] | None =
     store = Store(out)
     statuses = []
     for run in shard_runs(recipe.runs, shard):
-        if store.is_done(run.run_id):
+        done, problem = store.result_status(run.run_id)
+        if done:
             statuses.append(RunStatus(run, "done"))
+        elif problem:
+            statuses.append(RunStatus(run, "damaged", problem))
         elif (failure := store.failure(run.run_id)) is not None:
             statuses.append(RunStatus(run, "failed", str(failure.get("error", ""))))
         else:
             statuses.append(RunStatus(run, "pending"))
     return statuses
+
+
+def _model_problem(name: str) -> str:
+    """Why ``load_model(name)`` would fail, as far as can be told offline ("" when it would load or may)."""
+    from fewbits.models import model_names
+
+    if name.lower() in model_names():
+        return ""
+    path = Path(name).expanduser()
+    if path.exists():
+        holds = [path / "config.json", path / "fewbits.json", path / "artifact/fewbits.json", path / "model/fewbits.json"]
+        return "" if path.is_dir() and any(p.is_file() for p in holds) else f"{path} holds no model"
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        return f"no such model directory {name}"
+    if not HUB_ID.fullmatch(name) or "--" in name or ".." in name:
+        return f"{name!r} is neither a built-in model ({', '.join(model_names())}), a directory nor a hub id"
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # noqa: BLE001 - an id the hub library rejects is not cached either
+        cached = False
+    close = difflib.get_close_matches(name.lower(), model_names(), n=1, cutoff=0.75)
+    if close and not cached:  # a typo of a built-in name, not a model anyone publishes
+        return f"unknown model {name!r} (did you mean {close[0]!r}?)"
+    return ""  # a hub id: in the local cache, or downloaded by the run (cannot be checked offline)
+
+
+def offline_problems(runs: list[Run], env: Mapping[str, Any]) -> list[str]:
+    """What would make runs fail and can be checked without computing or the network: unknown tasks, models
+    that are neither built-in, a model directory nor a hub id, and a data folder that does not exist."""
+    from fewbits.data import TASKS
+    from fewbits.experiments.recipe import expand_env
+
+    problems: dict[str, None] = {}
+    try:
+        data_dir = expand_env(env.get("data_dir"))
+    except FewbitsError:
+        data_dir = None  # an unset ${VAR}: set when the sweep runs, not needed to plan it
+    if data_dir and not Path(data_dir).is_dir():
+        problems[f"data_dir {data_dir} is not a folder"] = None
+    for run in runs:
+        task, model = run.config.get("task"), run.config.get("model")
+        if task is not None and task not in TASKS:
+            problems[f"run {run.run_id}: unknown task {task!r} (known: {', '.join(TASKS)})"] = None
+        if isinstance(model, str) and (problem := _model_problem(model)):
+            problems[f"run {run.run_id}: {problem}"] = None
+    return list(problems)
 
 
 class Coordinator:
@@ -186,6 +244,8 @@ class Sweeper:
         try:
             if self.coord.decide(lambda: self.store.is_done(run.run_id)):  # finished while we took the lock
                 return "skipped"
+            if self.coord.is_main:
+                self.store.set_aside(run.run_id)
             result = self.execute(run)
             if self.coord.is_main:
                 self.store.finish_run(run.run_id, result)
@@ -193,14 +253,13 @@ class Sweeper:
         except StageBusy as exc:
             log.info("run %s waits: %s", run.run_id, exc)
             return "busy"
-        except FewbitsError:
-            raise  # a user error (missing data, bad setting): every run would fail alike, so stop
         except Exception as exc:  # noqa: BLE001 - one failed run must not end a sweep of hundreds
             log.error("run %s (%s) failed: %s", run.run_id, run.label, exc)
-            if self.coord.is_main:
+            if self.coord.is_main:  # a user error (FewbitsError) is one line; anything else keeps its traceback
                 self.store.record_failure(run.run_id, {
                     "run_id": run.run_id, "config": run.config, "error": f"{type(exc).__name__}: {exc}",
-                    "traceback": traceback.format_exc(), "host": socket.gethostname(), "at": _now()})
+                    "traceback": "" if isinstance(exc, FewbitsError) else traceback.format_exc(),
+                    "host": socket.gethostname(), "at": _now()})
             if self.coord.world > 1:
                 raise  # the other processes may wait in a collective: end the launch (a restart resumes)
             return "failed"

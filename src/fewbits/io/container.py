@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from fewbits._util.fs import atomic_directory, sha256_hex
+from fewbits._util.untrusted import check_member, parse_json, read_member
 from fewbits._util.tensorfile import TensorEntry, parse_header
 from fewbits.errors import ArtifactError, FewbitsTypeError, FewbitsValueError, bad_param
 from fewbits.io import v1
@@ -36,6 +37,7 @@ from fewbits.methods import registry
 from fewbits.methods.base import Stored
 
 BuildBase = Callable[["Artifact"], nn.Module]
+MAX_UNRECORDED_BYTES = 1 << 30  # version 1 did not record config and tokenizer sizes: bound what is read
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ class Artifact:
     manifest_bytes: int
     fewbits_version: str = "?"
 
-    def stored(self) -> Stored:
+    def stored(self, trainable: bool = True) -> Stored:
         """The view a method checks and reads: its section, the parsed header and the tensors on demand."""
         path = self.directory / self.tensors_file
 
@@ -66,15 +68,13 @@ class Artifact:
                 raise ArtifactError(f"{path}: unreadable ({exc}).") from exc
 
         note = f"from {self.directory / CONFIG_FILE}" if self.base.get("kind") == "transformers" else ""
-        return Stored(path, self.data, self.entries, load_tensors, note)
+        return Stored(path, self.data, self.entries, load_tensors, note, trainable)
 
     def config(self) -> dict[str, Any]:
         """The Hugging Face ``config.json`` of the base, parsed from the bytes read once."""
-        try:
-            return json.loads(self.files[CONFIG_FILE].decode("utf-8"))
-        except (KeyError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ArtifactError(f"{self.directory / CONFIG_FILE}: cannot rebuild {self.base.get('class')} from it "
-                                f"({type(exc).__name__}: {exc}).") from None
+        if CONFIG_FILE not in self.files:
+            raise ArtifactError(f"{self.directory / CONFIG_FILE}: missing; the base model cannot be rebuilt.")
+        return parse_json(self.files[CONFIG_FILE], self.directory / CONFIG_FILE, fix="save the model again")
 
 
 def _base_recipe(model: nn.Module) -> dict[str, Any]:
@@ -147,17 +147,15 @@ def save(model: nn.Module, directory: str | os.PathLike, *, method: str | None =
 
 
 def _read_files(directory: Path, files: dict[str, dict[str, Any]]) -> dict[str, bytes]:
-    """Every listed file, its size checked before it is read and its checksum after (None: not recorded)."""
+    """Every listed file: first each one's kind and size (a regular file of the recorded size; links, FIFOs and
+    devices refused unopened), then each is read once and its checksum checked (None: not recorded, version 1:
+    then bounded by :data:`MAX_UNRECORDED_BYTES`)."""
     for name, info in files.items():
-        path = directory / name
-        if not path.is_file():
-            raise fail(path, "missing")
-        size = path.stat().st_size
-        if info["bytes"] is not None and size != info["bytes"]:
-            raise fail(path, f"{size} bytes but the manifest says {info['bytes']} (truncated or altered)")
+        check_member(directory, name, size=info["bytes"], max_bytes=MAX_UNRECORDED_BYTES, fix="save the model again")
     out = {}
     for name, info in files.items():
-        content = (directory / name).read_bytes()
+        content = read_member(directory, name, size=info["bytes"], max_bytes=MAX_UNRECORDED_BYTES,
+                              fix="save the model again")
         if info["sha256"] is not None and sha256_hex(content) != info["sha256"]:
             raise fail(directory / name, "sha256 checksum differs from the manifest (the file was altered or damaged)")
         out[name] = content
@@ -190,10 +188,12 @@ def read_artifact(directory: str | os.PathLike) -> Artifact:
 
 
 def load(directory: str | os.PathLike | Artifact, *, model: nn.Module | None = None,
-         build_base: BuildBase | None = None) -> nn.Module:
+         build_base: BuildBase | None = None, trainable: bool = False) -> nn.Module:
     """Rebuild the model saved by :func:`save`, in eval mode; outputs are bit-identical.
 
-    The base model is ``model`` (a fresh, plain instance, filled in place) or ``build_base(artifact)``.
+    The base model is ``model`` (a fresh, plain instance, filled in place) or ``build_base(artifact)``
+    (whose parameters may be on the meta device: the method fills them). ``trainable`` asks for the
+    training representation instead of packed run-time layers (see :mod:`fewbits.runtime`).
     """
     artifact = directory if isinstance(directory, Artifact) else read_artifact(directory)
     if model is None:
@@ -209,4 +209,4 @@ def load(directory: str | os.PathLike | Artifact, *, model: nn.Module | None = N
     elif artifact.base.get("class", type(model).__name__) not in (type(model).__name__, type(model).__qualname__):
         raise ArtifactError(f"{artifact.directory / MANIFEST_FILE}: saved from a {artifact.base['class']}, "
                             f"not a {type(model).__name__}.")
-    return registry.get(artifact.method).read(model, artifact.stored()).eval()
+    return registry.get(artifact.method).read(model, artifact.stored(trainable)).eval()

@@ -20,7 +20,7 @@ from fewbits.io.format import CONFIG_FILE
 
 @dataclass(frozen=True)
 class LayerSize:
-    """One compressed layer: its codes and codebook bytes, and bits per weight including the codebook."""
+    """One compressed layer: its codes, codebook and outlier bytes, and bits per weight including them."""
 
     name: str
     shape: tuple[int, ...]
@@ -30,6 +30,8 @@ class LayerSize:
     code_bytes: int
     codebook_bytes: int
     tied: tuple[str, ...]
+    outliers: int = 0  # weights kept exact beside the codebook
+    outlier_bytes: int = 0  # their positions and values
 
     @property
     def numel(self) -> int:
@@ -37,8 +39,8 @@ class LayerSize:
 
     @property
     def bits_per_weight(self) -> float:
-        """``8 * (codes + codebook) / weights``: what this layer truly costs per weight."""
-        return 8 * (self.code_bytes + self.codebook_bytes) / self.numel
+        """``8 * (codes + codebook + outliers) / weights``: what this layer truly costs per weight."""
+        return 8 * (self.code_bytes + self.codebook_bytes + self.outlier_bytes) / self.numel
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,9 @@ class ArtifactSummary:
 
     @property
     def theory_bytes(self) -> int:
-        """Codes at n * bits / 8 (per layer, rounded up to a byte) + codebooks + uncompressed tensors."""
-        return sum(layer.code_bytes + layer.codebook_bytes for layer in self.layers) + self.uncompressed_bytes
+        """Codes at n * bits / 8 (per layer, rounded up to a byte) + codebooks + outliers + uncompressed tensors."""
+        return sum(layer.code_bytes + layer.codebook_bytes + layer.outlier_bytes for layer in self.layers) \
+            + self.uncompressed_bytes
 
     @property
     def total_bytes(self) -> int:
@@ -173,19 +176,21 @@ def _describe_mask(artifact: Artifact) -> MaskSummary:
                        sum(e.nbytes for e in head), artifact.header_bytes + artifact.manifest_bytes)
 
 
-def describe(directory: str | os.PathLike) -> ArtifactSummary | MaskSummary:
+def describe(directory: str | os.PathLike | Artifact) -> ArtifactSummary | MaskSummary:
     """Read and verify an artifact (manifest, checksums, header) and account for every byte.
 
     A task mask gives a :class:`MaskSummary`, any other artifact an :class:`ArtifactSummary`.
     Example: ``s = describe("out/minilm-4bit"); print(s.bits_per_weight, s.ratio)``.
     """
-    artifact = read_artifact(directory)
+    artifact = directory if isinstance(directory, Artifact) else read_artifact(directory)
     if artifact.method == "mask":
         return _describe_mask(artifact)
     entries, data = artifact.entries, artifact.data
     layers = [
         LayerSize(name, tuple(layer["shape"]), layer["bits"], layer["scheme"], layer["n_groups"],
-                  entries[f"codes.{name}"].nbytes, entries[f"codebook.{name}"].nbytes, tuple(layer["tied"]))
+                  entries[f"codes.{name}"].nbytes, entries[f"codebook.{name}"].nbytes, tuple(layer["tied"]),
+                  layer.get("outliers", 0), sum(entries[f"{kind}.{name}"].nbytes for kind in
+                                                ("outlier_index", "outlier_values") if layer.get("outliers")))
         for name, layer in data["layers"].items()
     ]
     plain: list[TensorEntry] = [e for n, e in entries.items() if n.startswith("state.")]

@@ -9,10 +9,11 @@ version 1 did not checksum (``config.json``, tokenizer files) are listed with ``
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 from typing import Any
 
+from fewbits._util.untrusted import read_json_member
 from fewbits.errors import ArtifactError
 from fewbits.io.format import FORMAT, MANIFEST_FILE, TENSORS_FILE, check_base, check_files, fail, plain_file_name
 
@@ -47,13 +48,10 @@ def _upgrade_mask(manifest: dict[str, Any], path: Path) -> dict[str, Any]:
 
 def _qat_section(directory: Path) -> dict[str, Any] | None:
     path = directory / QAT_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
-    try:
-        qat = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise fail(path, f"not valid JSON ({exc})") from None
-    if not isinstance(qat, dict) or not isinstance(qat.get("spec"), dict):
+    qat = read_json_member(directory, QAT_FILE, fix="save the model again")
+    if not isinstance(qat.get("spec"), dict):
         raise fail(path, "malformed QAT manifest (no 'spec')")
     return {"config": qat["spec"], "activations": qat.get("activations", {})}
 

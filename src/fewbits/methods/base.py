@@ -44,6 +44,7 @@ class Stored:
     entries: dict[str, TensorEntry]  # parsed header (sizes known before any tensor is allocated)
     load_tensors: Callable[[], dict[str, torch.Tensor]] = field(repr=False, default=dict)
     base_note: str = ""  # where the base model came from, for messages ("from .../config.json")
+    trainable: bool = True  # read into the training representation; False: packed run-time layers where a method has them
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,11 @@ class Method:
 
     ``apply(model, config)`` transforms a model in place; ``write(model, **options) -> Saved``;
     ``check(stored)`` validates the manifest section and tensor sizes, raising ArtifactError;
-    ``read(model, stored) -> model`` installs the stored method onto a freshly built base model;
-    ``summary(stored) -> dict`` gives the sizes ``fewbits info`` prints (optional).
+    ``read(model, stored) -> model`` installs the stored method onto a freshly built base model (whose
+    parameters are on the meta device when ``fills_base``: read then assigns every one);
+    ``summary(stored) -> dict`` gives the sizes ``fewbits info`` prints (optional);
+    ``fit(model, stored)`` checks the stored tensors against a base model from shapes alone, before anything is
+    allocated (it runs on a model built on the meta device; ``read`` must run it too).
     """
 
     name: str
@@ -63,3 +67,5 @@ class Method:
     check: Callable[[Stored], None]
     read: Callable[[nn.Module, Stored], nn.Module]
     version: int = 1
+    fills_base: bool = False  # read assigns every base tensor, so the base is built on the meta device
+    fit: Callable[[nn.Module, Stored], None] | None = None

@@ -8,6 +8,7 @@ Nothing is pickled: weights are safetensors, configs are JSON.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -24,15 +25,16 @@ from fewbits.nn.forward import forward_batch, logits_of
 from fewbits.models.cnn1d import CNN1d
 from fewbits.models.hf import MINILM_ALIASES, load_hf, minilm_path, quiet_transformers, tiny_bert
 from fewbits.models.resnet import ResNet18
+from fewbits.models.resnet_small import ResNet8
 
 if TYPE_CHECKING:
     from fewbits.data.base import Task
 
-__all__ = ["BUILTIN_MODELS", "CNN1d", "ResNet18", "build_model", "forward_batch", "load_model", "logits_of",
-           "model_names", "rebuild", "save_model"]
+__all__ = ["BUILTIN_MODELS", "CNN1d", "ResNet8", "ResNet18", "build_model", "forward_batch", "load_model",
+           "logits_of", "model_names", "rebuild", "save_model"]
 
 # Built-in models by name; their constructor keyword arguments are what config.json stores as "args".
-BUILTIN_MODELS: dict[str, type[nn.Module]] = {"resnet18": ResNet18, "cnn1d": CNN1d}
+BUILTIN_MODELS: dict[str, type[nn.Module]] = {"resnet18": ResNet18, "resnet8": ResNet8, "cnn1d": CNN1d}
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 # an artifact's manifest, and the folders of a run that hold one (fewbits quantize: artifact, fewbits qat: model)
@@ -115,11 +117,12 @@ def load_model(name_or_dir: str | os.PathLike = "minilm", task: Task | None = No
     """Load a model by name, directory or hub id; returns ``(model, tokenizer)`` (tokenizer None for built-ins).
 
     Names: ``minilm`` (all-MiniLM-L6-v2, offline), ``tiny-bert`` (2-layer BERT, hidden 32, for tests),
-    ``resnet18``, ``cnn1d``. A directory written by ``save_model`` (or any Hugging Face model directory) is
-    read back (a fewbits artifact is refused: ``fewbits.loading.load_any`` reads both); any other string is
-    tried as a Hugging Face hub id. The classification head gets
-    ``num_labels`` (default: the task's; 1 means regression). ``new_head=False`` refuses a model whose head
-    is missing or of another size, or freshly initialized (for evaluation); ``kw`` go to the built-in constructor.
+    ``resnet18``, ``resnet8`` (a small residual CNN for 28x28 grey images), ``cnn1d``. A directory written by
+    ``save_model`` (or any Hugging Face model directory) is read back (a fewbits artifact is refused:
+    ``fewbits.loading.load_any`` reads both); any other string is tried as a Hugging Face hub id. The
+    classification head gets ``num_labels`` (default: the task's; 1 means regression). ``new_head=False``
+    refuses a model whose head is missing or of another size, or freshly initialized (for evaluation); ``kw``
+    go to the built-in constructor.
 
     Example: ``model, tokenizer = load_model("minilm", load_task("vader"))``.
     """
@@ -185,13 +188,18 @@ def _no_kwargs(kw: dict[str, Any], name: str) -> None:
                         sorted(kw), "load_model")
 
 
-def rebuild(recipe: Mapping[str, Any], config: Callable[[], dict[str, Any]]) -> nn.Module:
-    """A freshly initialized model from an artifact's base recipe (the global RNG is left untouched).
+def rebuild(recipe: Mapping[str, Any], config: Callable[[], dict[str, Any]], *, empty: bool = False) -> nn.Module:
+    """A freshly initialized model from an artifact's base recipe (the global RNG is left untouched); with
+    ``empty`` its skeleton only: parameters on the meta device (never initialised: the artifact fills
+    them), buffers real.
 
     ``recipe``: ``{"kind": "builtin", "name", "args"}`` or ``{"kind": "transformers", "class"}`` whose
     config dict ``config()`` returns. Raises FewbitsValueError naming what cannot be built.
     """
-    with torch.random.fork_rng(devices=[]):
+    from accelerate import init_empty_weights
+
+    skeleton = init_empty_weights(include_buffers=False) if empty else contextlib.nullcontext()
+    with torch.random.fork_rng(devices=[]), skeleton:
         if recipe["kind"] == "builtin":
             if recipe["name"] not in BUILTIN_MODELS:
                 raise FewbitsValueError(f"unknown built-in model {recipe['name']!r} (known: {sorted(BUILTIN_MODELS)}); "

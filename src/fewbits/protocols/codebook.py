@@ -33,14 +33,14 @@ from torch import nn
 
 from fewbits._util.fs import config_hash, write_text_atomic
 from fewbits.io import describe, save
-from fewbits.methods.codebook import LayerReport, compress, param_groups
+from fewbits.methods.codebook import LayerReport, param_groups
 from fewbits.models import load_model, save_model
 from fewbits.protocols.common import TrainedRecord, other_split_metrics, trained_fields
+from fewbits.protocols.sensitivity import check_settings, compress_for_task
 from fewbits.quantize import SCHEMES
 from fewbits.train import TrainConfig, evaluate, train
 from fewbits.train.checkpoint import checkpoint_root
 from fewbits.errors import bad_param
-from fewbits.quantize.base import MAX_BITS, check_bits
 
 if TYPE_CHECKING:
     from fewbits.data.base import Task
@@ -61,7 +61,7 @@ class QuantizeFinetuneConfig:
     """How one model is quantized and its codebooks fine-tuned. Defaults follow P1 (BERT-base, GLUE)."""
 
     scheme: str = "kmeans"  # linear | kmeans | optimal | uniform (fewbits.quantize.SCHEMES)
-    bits: int = 4  # bits per weight: 2**bits centroids per codebook
+    bits: int | float = 4  # bits per weight (2**bits centroids per codebook); a float (2.5): mixed, that average
     groups: int | None = None  # codebooks per tensor (None: one; P1's group-wise: 128)
     max_iter: int | None = 3  # k-means Lloyd iterations (P1: 3; None: until convergence); other schemes ignore it
     seed: int = 0  # k-means++ seeding, data order and dropout of the centroid fine-tuning
@@ -75,12 +75,18 @@ class QuantizeFinetuneConfig:
     max_length: int = 128  # tokens per text input, in training and evaluation
     eval_batch_size: int = 256
     max_grad_norm: float | None = 1.0  # gradient-norm clip of the centroid fine-tuning (None: none)
+    importance: str = "none"  # none | fisher (empirical, from training batches) | adam (fine-tuning's v_hat)
+    importance_batches: int = 8  # training batches of batch_size examples for the Fisher (and its seed: seed)
+    outliers: float = 0.0  # fraction of each layer's weights kept exact beside its codebook (SqueezeLLM: 0.005)
+    outlier_selection: str = "magnitude"  # magnitude (largest |w|) | error (largest importance-weighted error)
+    sensitivity: str = "error"  # mixed bits: error (importance-weighted squared error) | trace (HAWQ)
+    trace_probes: int = 16  # Hutchinson probes per layer trace (sensitivity="trace")
 
     def __post_init__(self) -> None:
 
         if self.scheme not in SCHEMES:
             raise bad_param("scheme", f"one of {sorted(SCHEMES)}", self.scheme, "QuantizeFinetuneConfig")
-        check_bits(self.bits, "QuantizeFinetuneConfig", MAX_BITS)
+        check_settings(self, "QuantizeFinetuneConfig")
         if self.groups is not None and (isinstance(self.groups, bool) or not isinstance(self.groups, int)
                                         or self.groups < 1):
             raise bad_param("groups", "None or an int >= 1", self.groups, "QuantizeFinetuneConfig")
@@ -134,6 +140,8 @@ class QuantizeFinetuneResult(TrainedRecord):
     sizes: dict[str, Any] = field(default_factory=dict)
     train_examples_per_s: float = 0.0
     seconds: dict[str, float] = field(default_factory=dict)
+    layer_bits: dict[str, int] = field(default_factory=dict)  # each compressed layer's bits
+    outliers: int = 0  # weights kept exact beside the codebooks, all layers
 
     @property
     def score_before(self) -> float:
@@ -169,6 +177,9 @@ class Quantized:
     split: str
     before: dict[str, float]
     seconds: dict[str, float]
+    layer_bits: dict[str, int] = field(default_factory=dict)  # each compressed layer's bits
+    outliers: int = 0  # weights kept exact beside the codebooks, all layers
+    plan: dict[str, int] = field(default_factory=dict)  # mixed bits: the plan's bytes and budget_bytes
 
     def to_dict(self) -> dict[str, Any]:
         """The sweep's ``quantize`` stage record (``metrics``: the scores before any fine-tuning)."""
@@ -209,14 +220,16 @@ def _evaluate(model: nn.Module, task: Task, tokenizer: Any, config: QuantizeFine
 
 
 def quantize_and_evaluate(model: nn.Module, task: Task, config: QuantizeFinetuneConfig, *, tokenizer: Any = None,
-                          progress: bool = False) -> Quantized:
+                          adam_from: str | Path | None = None, progress: bool = False) -> Quantized:
     """Protocol step 1, IN PLACE: quantize every embedding and fully connected weight except the task head
-    (``fewbits.compress``'s default targets) and evaluate the quantized model."""
+    (``fewbits.compress``'s default targets) and evaluate the quantized model. Importance, outliers and mixed
+    bits: see :mod:`fewbits.protocols.sensitivity` (``adam_from``: the fine-tuning run's folder, for
+    ``importance="adam"``)."""
     if not isinstance(config, QuantizeFinetuneConfig):
         raise bad_param("config", "a QuantizeFinetuneConfig", type(config).__name__, "quantize_finetune")
     tick = time.perf_counter()
-    reports = compress(model, config.scheme, config.bits, groups=config.groups, seed=config.seed,
-                       progress=progress, **config.scheme_kw())
+    reports, plan = compress_for_task(model, task, config, tokenizer=tokenizer, adam_from=adam_from,
+                                      progress=progress)
     squared, relative = quantization_error(reports)
     seconds = {"quantize": time.perf_counter() - tick}
     tick = time.perf_counter()
@@ -224,7 +237,9 @@ def quantize_and_evaluate(model: nn.Module, task: Task, config: QuantizeFinetune
     seconds["evaluate"] = time.perf_counter() - tick
     return Quantized(layers=len(reports), compressed_weights=sum(math.prod(r.shape) for r in reports),
                      squared_error=squared, relative_error=relative, main_metric=task.main_metric,
-                     split=task.eval_split, before=before, seconds=seconds)
+                     split=task.eval_split, before=before, seconds=seconds,
+                     layer_bits={r.name: r.bits for r in reports}, outliers=sum(r.outliers for r in reports),
+                     plan={} if plan is None else {"bytes": plan.bytes, "budget_bytes": plan.budget_bytes})
 
 
 def finetune_codebooks(model: nn.Module, task: Task, config: QuantizeFinetuneConfig, quantized: Quantized, *,
@@ -260,17 +275,19 @@ def finetune_codebooks(model: nn.Module, task: Task, config: QuantizeFinetuneCon
                                   config=config.to_dict(), before=quantized.before, layers=quantized.layers,
                                   compressed_weights=quantized.compressed_weights,
                                   squared_error=quantized.squared_error, relative_error=quantized.relative_error,
-                                  other_split_metrics=other, sizes=sizes, seconds=seconds)
+                                  other_split_metrics=other, sizes=sizes, seconds=seconds,
+                                  layer_bits=quantized.layer_bits, outliers=quantized.outliers)
 
 
 def quantize_finetune(model: nn.Module, task: Task, config: QuantizeFinetuneConfig, *, tokenizer: Any = None,
-                      artifact_dir: str | Path | None = None, progress: bool = False) -> QuantizeFinetuneResult:
+                      artifact_dir: str | Path | None = None, adam_from: str | Path | None = None,
+                      progress: bool = False) -> QuantizeFinetuneResult:
     """Run the codebook protocol on a fine-tuned FP32 ``model`` IN PLACE: quantize, evaluate, fine-tune the
     codebooks, evaluate, save (:func:`quantize_and_evaluate`, then :func:`finetune_codebooks`).
 
     Example: ``quantize_finetune(model, task, QuantizeFinetuneConfig("linear", 2), tokenizer=tok, artifact_dir="out/lin2")``.
     """
-    quantized = quantize_and_evaluate(model, task, config, tokenizer=tokenizer, progress=progress)
+    quantized = quantize_and_evaluate(model, task, config, tokenizer=tokenizer, adam_from=adam_from, progress=progress)
     return finetune_codebooks(model, task, config, quantized, tokenizer=tokenizer, artifact_dir=artifact_dir,
                               progress=progress)
 
@@ -294,13 +311,15 @@ def fp32_settings(model_name: str, task: Task, config: TrainConfig) -> dict[str,
 
 
 def finetune_fp32(model_name: str, task: Task, config: TrainConfig, directory: str | Path, *,
-                  progress: bool = False, reuse: bool = True) -> FP32Model:
+                  progress: bool = False, reuse: bool = True, keep_checkpoints: bool = False) -> FP32Model:
     """Fine-tune ``model_name`` on ``task`` and save it in ``directory``; reuse it when already there.
 
     The saved model is reused only if ``directory/fp32.json`` records the same settings (model, task,
     training config) and ``reuse`` is true; otherwise it is trained again (resuming from the checkpoints of
     an interrupted run with the same settings, unless ``reuse`` is false) and replaces the old one.
-    ``torch.manual_seed(config.seed)`` draws the new head.
+    ``torch.manual_seed(config.seed)`` draws the new head. ``keep_checkpoints`` keeps the run's last
+    checkpoint in ``directory/train`` (Adam's moments, for ``importance="adam"``); a cached model without
+    it is trained again.
     """
 
     directory = Path(directory)
@@ -308,7 +327,8 @@ def finetune_fp32(model_name: str, task: Task, config: TrainConfig, directory: s
     key = config_key(settings)
     record_path = directory / FP32_RECORD
     record = _read_json(record_path)
-    if reuse and record is not None and record.get("key") == key:
+    kept = not keep_checkpoints or (directory / "train" / "checkpoints").is_dir()
+    if reuse and record is not None and record.get("key") == key and kept:
         model, tokenizer = load_model(directory, task, new_head=False)
         log.info("reusing the FP32 model in %s (key %s)", directory, key)
         return FP32Model(model.eval(), tokenizer, directory, key, record["metrics"], reused=True)
@@ -325,7 +345,8 @@ def finetune_fp32(model_name: str, task: Task, config: TrainConfig, directory: s
     run_config = dataclasses.replace(config, out_dir=train_dir, resume=True, progress=progress)
     result = train(model, eval_sorted(task, tokenizer, config.max_length), run_config, tokenizer=tokenizer)
     save_model(model, directory, tokenizer)
-    shutil.rmtree(checkpoint_root(train_dir), ignore_errors=True)
+    if not keep_checkpoints:
+        shutil.rmtree(checkpoint_root(train_dir), ignore_errors=True)
     write_text_atomic(record_path, json.dumps({"key": key, "settings": settings, "metrics": result.metrics,
                                                "steps": result.step, "seconds": result.seconds}, indent=2))
     return FP32Model(model.eval(), tokenizer, directory, key, result.metrics, reused=False)

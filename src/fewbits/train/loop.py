@@ -114,9 +114,9 @@ class TrainResult:
     best_metric: float | None  # best value of task.main_metric over the evaluations
     best_step: int | None  # step at which it was reached
     history: list[dict[str, Any]] = field(default_factory=list)  # every evaluation record
-    train_examples_per_s: float = 0.0  # training throughput of this session (all processes)
-    eval_examples_per_s: float = 0.0  # evaluation throughput of this session
-    seconds: float = 0.0  # wall time of this session
+    train_examples_per_s: float = 0.0  # training throughput over the whole run, resumed sessions included
+    eval_examples_per_s: float = 0.0  # evaluation throughput over the whole run
+    seconds: float = 0.0  # wall time of the whole run (every session up to its last checkpoint, then this one)
     last_checkpoint: Path | None = None
     best_checkpoint: Path | None = None
 
@@ -256,14 +256,17 @@ def _optimizer(model: nn.Module, config: TrainConfig, param_groups: ParamGroups 
 
 
 def _resume(metrics_log: ckpt.MetricsLog | None, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-            config: TrainConfig, rank: int) -> tuple[int, float | None, int | None, list]:
-    """``(step, best_metric, best_step, history)`` from the last checkpoint when resuming (loaded into the model,
-    optimizer, schedule and RNGs), or a fresh start; the metrics log (main process) restarts to match."""
+            config: TrainConfig, rank: int) -> tuple[int, float | None, int | None, list, dict[str, Any]]:
+    """``(step, best_metric, best_step, history, totals)`` from the last checkpoint when resuming (loaded into the
+    model, optimizer, schedule and RNGs; ``totals``: time and examples of the sessions before it), or a fresh
+    start; the metrics log (main process) restarts to match."""
     last = ckpt.latest_checkpoint(config.out_dir) if config.resume else None
     if last is None:
+        if config.resume:
+            log.warning("no checkpoint in %s to resume from: training starts from the beginning", config.out_dir)
         if metrics_log is not None:
             metrics_log.restart(None)
-        return 0, None, None, []
+        return 0, None, None, [], {}
     state = ckpt.load_trainer_state(last)
     changed = {k: (v, state["config"].get(k)) for k, v in config.resume_fields().items()
                if state["config"].get(k) != v}
@@ -279,7 +282,20 @@ def _resume(metrics_log: ckpt.MetricsLog | None, model: nn.Module, optimizer: to
     log.info("resumed from %s at step %d", last, state["step"])
     if metrics_log is not None:
         metrics_log.restart(state["step"])
-    return state["step"], state["best_metric"], state["best_step"], state["history"]
+    return state["step"], state["best_metric"], state["best_step"], state["history"], dict(state.get("totals", {}))
+
+
+def _counters(totals: Mapping[str, Any]) -> tuple[float, float, float, int, int]:
+    """The clock (as a start time) and the time and example counters of a run, going on from the ``totals`` of the
+    sessions before a resume (up to its checkpoint), so that what a run reports covers all of it."""
+    return (time.perf_counter() - totals.get("seconds", 0.0), totals.get("train_s", 0.0), totals.get("eval_s", 0.0),
+            totals.get("trained", 0), totals.get("evaluated", 0))
+
+
+def _totals(started: float, train_s: float, eval_s: float, trained: int, evaluated: int) -> dict[str, Any]:
+    """What a checkpoint records of the run so far, for :func:`_counters` to go on from on resume."""
+    return {"train_s": train_s, "eval_s": eval_s, "trained": trained, "evaluated": evaluated,
+            "seconds": time.perf_counter() - started}
 
 
 def _save(accelerator: Any, config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
@@ -394,17 +410,17 @@ def train(model: nn.Module, task: Task, config: TrainConfig, *, tokenizer: Any =
     ddp_model, acc_optimizer = accelerator.prepare(model, optimizer)  # DDP wrapper with several processes
     model = accelerator.unwrap_model(ddp_model)
     device = accelerator.device
-    metrics_log = ckpt.MetricsLog(config.out_dir) if config.out_dir is not None else None
-    step, best_metric, best_step, history = _resume(metrics_log if main else None, model, optimizer, scheduler,
-                                                    config, rank)
+    metrics_log = ckpt.MetricsLog(config.out_dir) if config.out_dir is not None and main else None
+    step, best_metric, best_step, history, totals = _resume(metrics_log, model, optimizer, scheduler, config, rank)
 
-    def save(at_step: int, is_best: bool) -> None:
-        _save(accelerator, config, model, optimizer, scheduler, at_step, is_best,
-              {"best_metric": best_metric, "best_step": best_step, "history": history})
+    def save(at_step: int, is_best: bool, training_s: float = 0.0) -> None:  # training_s: not yet in train_time
+        _save(accelerator, config, model, optimizer, scheduler, at_step, is_best, {
+            "best_metric": best_metric, "best_step": best_step, "history": history,
+            "totals": _totals(started, train_time + training_s, eval_time, trained, evaluated)})
 
     bar = tqdm(total=total_steps, initial=step, unit="step", file=sys.stderr, dynamic_ncols=True,
                disable=not (main and config.progress), desc=f"train {task.name}")
-    started, train_time, eval_time, trained, evaluated = time.perf_counter(), 0.0, 0.0, 0, 0
+    started, train_time, eval_time, trained, evaluated = _counters(totals)
     running_loss, running_steps = torch.zeros((), device=device), 0
     metrics: dict[str, float] = history[-1]["metrics"] if history else {}
     ddp_model.train()
@@ -424,7 +440,7 @@ def train(model: nn.Module, task: Task, config: TrainConfig, *, tokenizer: Any =
             trained += config.batch_size
             if step % config.log_every == 0 or step == total_steps:
                 speed = trained / max(train_time + time.perf_counter() - tick, 1e-9)
-                _log_train(accelerator, bar, metrics_log if main else None, running_loss, running_steps, speed,
+                _log_train(accelerator, bar, metrics_log, running_loss, running_steps, speed,
                            {"step": step, "epoch": step / steps_per_epoch, "lr": scheduler.get_last_lr()[0]})
                 running_loss, running_steps = torch.zeros((), device=device), 0
             bar.update(1)
@@ -437,12 +453,12 @@ def train(model: nn.Module, task: Task, config: TrainConfig, *, tokenizer: Any =
                 is_best = best_metric is None or metrics[task.main_metric] > best_metric
                 if is_best:
                     best_metric, best_step = metrics[task.main_metric], step
-                history.append(_eval_record(metrics_log if main else None, task, step, steps_per_epoch, metrics))
+                history.append(_eval_record(metrics_log, task, step, steps_per_epoch, metrics))
                 if config.out_dir is not None:
                     save(step, is_best)
                 tick = time.perf_counter()
             elif config.out_dir is not None and config.save_every and step % config.save_every == 0:
-                save(step, False)
+                save(step, False, time.perf_counter() - tick)
     bar.close()
     accelerator.wait_for_everyone()
     return TrainResult(step=step, metrics=metrics, best_metric=best_metric, best_step=best_step, history=history,

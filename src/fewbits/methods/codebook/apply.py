@@ -22,6 +22,8 @@ from fewbits.nn.targets import (Patterns, find_parametrizations, matching_names,
                                 remove_weight_parametrizations, select_targets)
 from fewbits.quantize import SCHEMES
 from fewbits.quantize.base import MAX_BITS, QuantizedTensor, check_bits, check_sample_weight, resolve_group_size
+from fewbits.quantize.outliers import DenseAndSparse, check_outlier_fraction, check_selection, split_outliers
+from fewbits.runtime import to_training
 
 Quantizer = Callable[..., QuantizedTensor]
 
@@ -31,7 +33,8 @@ class LayerReport:
     """What :func:`compress` did to one weight.
 
     ``squared_error`` is ``sum((w - w_hat)**2)``; ``relative_error`` divides it by ``sum(w**2)``.
-    ``tied`` names the other modules that share this weight (and so its codebook).
+    ``tied`` names the other modules that share this weight (and so its codebook); ``outliers`` counts
+    the weights kept exact beside the codebook.
     """
 
     name: str
@@ -42,6 +45,7 @@ class LayerReport:
     squared_error: float
     relative_error: float
     tied: tuple[str, ...] = ()
+    outliers: int = 0
 
 
 def codebook_modules(model: nn.Module) -> dict[str, tuple[nn.Module, Codebook]]:
@@ -119,7 +123,8 @@ def _importance(sample_weights: Mapping[str, torch.Tensor] | None,
     return {aliases[k]: v for k, v in sample_weights.items()}
 
 
-def _scheme_kwargs(name: str, quantizer: Quantizer, scheme_kw: dict, importance: dict, seed: int | None) -> dict:
+def _scheme_kwargs(name: str, quantizer: Quantizer, scheme_kw: dict, importance: dict, seed: int | None,
+                   outliers: float = 0.0) -> dict:
     """The keywords the scheme accepts (an unknown one is an error), plus ``seed`` where it draws random numbers."""
     accepted = _keywords(quantizer)
     kw = dict(scheme_kw)
@@ -131,15 +136,111 @@ def _scheme_kwargs(name: str, quantizer: Quantizer, scheme_kw: dict, importance:
         if importance and "sample_weight" not in accepted:
             raise bad_param("sample_weights", f"None: the {name!r} scheme does not weight weights by importance "
                             "(kmeans and optimal do)", sorted(importance), "compress")
+        if outliers and "sample_weight" not in accepted:
+            raise bad_param("outliers", f"0: the {name!r} scheme cannot leave weights out of its fit "
+                            "(kmeans and optimal can)", outliers, "compress")
     if seed is not None and (accepted is None or "seed" in accepted):
         kw["seed"] = seed  # only schemes that draw random numbers take a seed
     return kw
 
 
+def _layer_bits(bits: int | Mapping[str, int], aliases: dict[str, str]) -> dict[str, int]:
+    """One bit width per weight group: ``bits`` for all, or a mapping naming every compressed layer once."""
+    if not isinstance(bits, Mapping):
+        return {first: check_bits(bits, "compress", MAX_BITS) for first in set(aliases.values())}
+    chosen: dict[str, int] = {}
+    for name, b in bits.items():
+        if name not in aliases:
+            raise TargetsNotFoundError(f"The 'bits' of compress name a layer that is not compressed: {name!r}. "
+                                       f"Compressed layers: {sorted(aliases)}.")
+        check_bits(b, f"compress (layer {name!r})", MAX_BITS)
+        if chosen.setdefault(aliases[name], b) != b:
+            raise bad_param("bits", "one width per shared weight", f"{chosen[aliases[name]]} and {b} for {name!r}",
+                            "compress")
+    missing = sorted(first for first in set(aliases.values()) if first not in chosen)
+    if missing:
+        raise bad_param("bits", "a mapping naming every compressed layer (or one int for all)",
+                        f"no width for {missing[:5]}", "compress")
+    return chosen
+
+
+@dataclass(frozen=True)
+class TargetLayer:
+    """One weight to compress: its modules (the first names it), the weight, group size and importances."""
+
+    group: list[str]
+    weight: torch.Tensor
+    group_size: int
+    sample_weight: torch.Tensor | None
+
+    @property
+    def name(self) -> str:
+        return self.group[0]
+
+
+@dataclass
+class PreparedLayers:
+    """Every target of a model, validated, and how to quantize one (shared by compress and plan_bits)."""
+
+    scheme: str
+    quantizer: Quantizer
+    kw: dict
+    modules: dict[str, nn.Module]
+    layers: list[TargetLayer]
+    aliases: dict[str, str]  # every compressed module name -> the first module of its weight group
+    outliers: float
+    outlier_selection: str
+
+    def quantize(self, layer: TargetLayer, bits: int) -> DenseAndSparse:
+        """Quantize one layer at ``bits`` (its outliers kept apart when asked) and check the result."""
+        if self.outliers:
+            ds = split_outliers(layer.weight, self.quantizer, bits, self.outliers, selection=self.outlier_selection,
+                                sample_weight=layer.sample_weight, group_size=layer.group_size, **self.kw)
+        else:
+            extra = dict(self.kw, sample_weight=layer.sample_weight) if layer.sample_weight is not None else self.kw
+            ds = DenseAndSparse.plain(self.quantizer(layer.weight.detach(), bits, group_size=layer.group_size, **extra))
+        _check_result(ds.quantized, layer.weight, bits, layer.group_size, layer.name)
+        return ds
+
+
+def prepare_layers(model: nn.Module, scheme: str | Quantizer, *, targets: Patterns = None, exclude: Patterns = None,
+                   groups: int | str | None = None, group_size: int | None = None,
+                   sample_weights: Mapping[str, torch.Tensor] | None = None, seed: int | None = 0,
+                   outliers: float = 0.0, outlier_selection: str = "magnitude", owner: str = "compress",
+                   **scheme_kw) -> PreparedLayers:
+    """Validate every argument of :func:`compress` (but bits) and find the target weights; changes nothing."""
+    name, quantizer = _resolve_quantizer(scheme)
+    outliers = check_outlier_fraction(outliers, owner)
+    check_selection(outlier_selection, owner)
+    if not isinstance(model, nn.Module):
+        raise FewbitsTypeError(f"The 'model' parameter of {owner} must be a torch.nn.Module. "
+                               f"Got {type(model).__name__} instead.")
+    selected = select_targets(model, targets, exclude, owner=owner)
+    modules = dict(model.named_modules())
+    already = [n for n in selected if parametrize.is_parametrized(modules[n], "weight")]
+    if already:
+        raise FewbitsValueError(f"{owner}: the weight of {already[:5]} is already parametrized; call "
+                                "fewbits.decompress(model) (or remove the other parametrization) first.")
+    excluded = matching_names(model, exclude, "exclude", owner) if exclude is not None else set()
+    weight_groups = _weight_groups(model, selected, excluded)
+    importance = _importance(sample_weights, weight_groups)
+    layers = []
+    for group in weight_groups:
+        weight = modules[group[0]].weight
+        where = f"{owner} (layer {group[0]!r})"
+        if not weight.is_floating_point():
+            raise bad_param("weight", "a floating-point tensor", str(weight.dtype), where)
+        layers.append(TargetLayer(group, weight, resolve_group_size(weight.shape, groups, group_size, where),
+                                  check_sample_weight(importance.get(group[0]), weight, where)))
+    kw = _scheme_kwargs(name, quantizer, scheme_kw, importance, seed, outliers)
+    aliases = {n: group[0] for group in weight_groups for n in group}
+    return PreparedLayers(name, quantizer, kw, modules, layers, aliases, outliers, outlier_selection)
+
+
 def compress(
     model: nn.Module,
     scheme: str | Quantizer = "kmeans",
-    bits: int = 4,
+    bits: int | Mapping[str, int] = 4,
     *,
     groups: int | str | None = None,
     group_size: int | None = None,
@@ -147,6 +248,8 @@ def compress(
     exclude: Patterns = None,
     sample_weights: Mapping[str, torch.Tensor] | None = None,
     seed: int | None = 0,
+    outliers: float = 0.0,
+    outlier_selection: str = "magnitude",
     progress: bool = False,
     **scheme_kw,
 ) -> list[LayerReport]:
@@ -158,59 +261,40 @@ def compress(
     ``f(weight, bits, *, group_size, **kw) -> QuantizedTensor``. ``groups``/``group_size``
     as in the quantizers (``groups=128``: P1's group-wise). ``targets``/``exclude``: see
     :mod:`fewbits.nn.targets` (default: Embeddings and fully connected layers, not the head).
-    ``sample_weights`` maps target names to per-weight importances. ``seed`` goes to the
+    ``bits`` is one width for every layer or a mapping from layer names to widths (mixed precision,
+    e.g. from :func:`fewbits.methods.codebook.plan_bits`). ``sample_weights`` maps target names to
+    per-weight importances. ``outliers`` keeps that fraction of each layer's weights exact beside its
+    codebook, chosen by ``outlier_selection`` (``"magnitude"`` or ``"error"``; see
+    :mod:`fewbits.quantize.outliers`); it needs a scheme that takes ``sample_weight``. ``seed`` goes to the
     schemes that draw random numbers (kmeans). ``scheme_kw`` go to the scheme (e.g. ``max_iter``
     for kmeans, ``mode`` for optimal). Modules sharing one weight
     (tied embeddings) share one codebook.
 
     Example: ``reports = compress(model, "kmeans", bits=3, exclude=["position_embeddings"])``.
     """
-    name, quantizer = _resolve_quantizer(scheme)
-    check_bits(bits, "compress", MAX_BITS)
-    if not isinstance(model, nn.Module):
-        raise FewbitsTypeError(f"The 'model' parameter of compress must be a torch.nn.Module. "
-                               f"Got {type(model).__name__} instead.")
-    selected = select_targets(model, targets, exclude, owner="compress")
-    modules = dict(model.named_modules())
-    already = [n for n in selected if parametrize.is_parametrized(modules[n], "weight")]
-    if already:
-        raise FewbitsValueError(f"compress: the weight of {already[:5]} is already parametrized; call "
-                                "fewbits.decompress(model) (or remove the other parametrization) first.")
-    excluded = matching_names(model, exclude, "exclude", "compress") if exclude is not None else set()
-    weight_groups = _weight_groups(model, selected, excluded)
-
-    importance = _importance(sample_weights, weight_groups)
-
-    plans = []
-    for group in weight_groups:
-        weight = modules[group[0]].weight
-        owner = f"compress (layer {group[0]!r})"
-        if not weight.is_floating_point():
-            raise bad_param("weight", "a floating-point tensor", str(weight.dtype), owner)
-        gs = resolve_group_size(weight.shape, groups, group_size, owner)
-        sw = check_sample_weight(importance.get(group[0]), weight, owner)
-        plans.append((group, weight, gs, sw))
-
-    kw = _scheme_kwargs(name, quantizer, scheme_kw, importance, seed)
-    quantized: list[QuantizedTensor] = []
+    if not isinstance(bits, Mapping):
+        check_bits(bits, "compress", MAX_BITS)
+    prep = prepare_layers(model, scheme, targets=targets, exclude=exclude, groups=groups, group_size=group_size,
+                          sample_weights=sample_weights, seed=seed, outliers=outliers,
+                          outlier_selection=outlier_selection, owner="compress", **scheme_kw)
+    widths = _layer_bits(bits, prep.aliases)
     from tqdm.auto import tqdm
 
-    for group, weight, gs, sw in tqdm(plans, desc=f"compress {name} {bits}-bit", disable=not progress):
-        extra = dict(kw, sample_weight=sw) if sw is not None else kw
-        qt = quantizer(weight.detach(), bits, group_size=gs, **extra)
-        _check_result(qt, weight, bits, gs, group[0])
-        quantized.append(qt)
-
+    label = f"{bits}-bit" if not isinstance(bits, Mapping) else "mixed"
+    quantized = [prep.quantize(layer, widths[layer.name])
+                 for layer in tqdm(prep.layers, desc=f"compress {prep.scheme} {label}", disable=not progress)]
     reports = []
-    for (group, weight, _, _), qt in zip(plans, quantized):
-        w64 = weight.detach().double()
-        err = qt.squared_error(weight)
-        norm = float(w64.pow(2).sum())
-        reports.append(LayerReport(group[0], tuple(weight.shape), bits, qt.scheme, qt.n_groups, err,
-                                   err / norm if norm > 0 else 0.0, tuple(group[1:])))
-        codebook = Codebook(qt.codes.to(weight.device), qt.codebook.to(weight.device, weight.dtype), bits, qt.scheme)
-        for module_name in group:
-            register_weight_parametrization(modules[module_name], codebook, drop_original=True)
+    for layer, ds in zip(prep.layers, quantized):
+        qt, kept, weight = ds.quantized, ds.index.numel(), layer.weight
+        err = ds.squared_error(weight)
+        norm = float(weight.detach().double().pow(2).sum())
+        reports.append(LayerReport(layer.name, tuple(weight.shape), qt.bits, qt.scheme, qt.n_groups, err,
+                                   err / norm if norm > 0 else 0.0, tuple(layer.group[1:]), kept))
+        device = weight.device
+        codebook = Codebook(qt.codes.to(device), qt.codebook.to(device, weight.dtype), qt.bits, qt.scheme,
+                            ds.index if kept else None, ds.values if kept else None)
+        for module_name in layer.group:
+            register_weight_parametrization(prep.modules[module_name], codebook, drop_original=True)
     return reports
 
 
@@ -236,9 +320,10 @@ def decompress(model: nn.Module) -> nn.Module:
     """Turn every compressed module back into a plain one whose weight holds the rebuilt values.
 
     Everything stacked on the weight (e.g. a mask over the quantized base) is baked in as well, so
-    the result runs anywhere without fewbits. Tied modules share one Parameter again. In place;
-    returns ``model``.
+    the result runs anywhere without fewbits. Tied modules share one Parameter again. Packed run-time
+    layers (``fewbits.load``'s default) are decoded too. In place; returns ``model``.
     """
+    model = to_training(model)
     rebuilt: dict[int, nn.Parameter] = {}
     for module, codebook in codebook_modules(model).values():
         with torch.no_grad():
@@ -289,4 +374,5 @@ def param_groups(model: nn.Module, lr: float, quantized_lr_scale: float = 10.0,
 def apply(model: nn.Module, config: CodebookConfig) -> list[LayerReport]:
     """Compress ``model`` in place as ``config`` says (the registry's entry); returns one report per weight."""
     return compress(model, config.scheme, config.bits, groups=config.groups, group_size=config.group_size,
-                    targets=config.targets, exclude=config.exclude, seed=config.seed, **config.options)
+                    targets=config.targets, exclude=config.exclude, seed=config.seed, outliers=config.outliers,
+                    outlier_selection=config.outlier_selection, **config.options)

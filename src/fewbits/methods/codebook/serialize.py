@@ -8,10 +8,17 @@ model's ``state_dict``: biases, norms, the head, buffers). Manifest section::
      "layers": {"<layer>": {"shape": [...], "dtype": "float32", "bits": 4, "scheme": "kmeans",
                             "n_groups": 1, "tied": ["<other module sharing this weight>", ...]}},
      "aliases": {"<state key>": "<state key stored once for both>"}}
+
+Section version 2 (``"version": 2`` in the section, written only when some layer keeps outliers, so
+every other artifact stays readable by older fewbits): a layer may hold ``"outliers": k``, with
+tensors ``outlier_index.<layer>`` (sorted flat positions, int32, ``(k,)``) and
+``outlier_values.<layer>`` (exact values in the codebook dtype, ``(k,)``) of the weights kept beside
+the codebook.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -27,8 +34,11 @@ from fewbits.nn.codebook import Codebook
 from fewbits.nn.targets import register_weight_parametrization
 from fewbits.quantize.base import MAX_BITS
 from fewbits.quantize.pack import pack, packed_nbytes, unpack
+from fewbits.runtime import PackedLayer, PackedWeight, install, to_training
 
 CODEBOOK_DTYPES = ("float32", "float16")
+SECTION_VERSION = 2  # 2: layers may keep outliers
+OUTLIER_TENSORS = ("outlier_index", "outlier_values")
 
 
 def _check_saveable(model: nn.Module) -> dict[str, tuple[nn.Module, Codebook]]:
@@ -65,7 +75,10 @@ def plain_state(model: nn.Module, skip: set[str]) -> tuple[dict[str, torch.Tenso
 
 
 def write(model: nn.Module, *, codebook_dtype: str | torch.dtype = "float32") -> Saved:
-    """Packed codes and codebooks of every compressed layer, every other tensor as is."""
+    """Packed codes and codebooks of every compressed layer, every other tensor as is (a model loaded in the
+    packed run-time form is saved through a training-form copy)."""
+    if any(isinstance(m, PackedLayer) for m in model.modules()):
+        model = to_training(copy.deepcopy(model))
     name_dtype = dtype_name(codebook_dtype) if isinstance(codebook_dtype, torch.dtype) else codebook_dtype
     if name_dtype not in CODEBOOK_DTYPES:
         raise bad_param("codebook_dtype", f"one of {list(CODEBOOK_DTYPES)}", codebook_dtype, "fewbits.save")
@@ -82,9 +95,16 @@ def write(model: nn.Module, *, codebook_dtype: str | torch.dtype = "float32") ->
         tensors[f"codebook.{name}"] = cb.codebook.detach().to("cpu", DTYPE_NAMES[name_dtype]).contiguous()
         layers[name] = {"shape": list(cb.shape), "dtype": dtype_name(cb.codebook.dtype), "bits": cb.bits,
                         "scheme": cb.scheme, "n_groups": cb.n_groups, "tied": []}
+        if cb.n_outliers:
+            tensors[f"outlier_index.{name}"] = cb.outlier_index.to("cpu", torch.int32)
+            tensors[f"outlier_values.{name}"] = cb.outlier_values.detach().to("cpu", DTYPE_NAMES[name_dtype])
+            layers[name]["outliers"] = cb.n_outliers
     state, aliases = plain_state(model, set(found))
     tensors.update({f"state.{k}": v for k, v in state.items()})
-    return Saved(tensors, {"codebook_dtype": name_dtype, "layers": layers, "aliases": aliases}, model)
+    data: dict[str, Any] = {"codebook_dtype": name_dtype, "layers": layers, "aliases": aliases}
+    if any("outliers" in layer for layer in layers.values()):
+        data = {"version": SECTION_VERSION, **data}
+    return Saved(tensors, data, model)
 
 
 def _expect(ok: bool, stored: Stored, what: str) -> None:
@@ -107,6 +127,9 @@ def _check_layer(name: str, layer: object, stored: Stored) -> None:
     tied = layer.get("tied")
     _expect(isinstance(tied, list) and all(isinstance(t, str) for t in tied), stored,
             f"{where}: 'tied' must be a list of names")
+    outliers = layer.get("outliers", 0)
+    _expect(is_int(outliers) and outliers < math.prod(shape) and (stored.data.get("version", 1) >= 2 or not outliers),
+            stored, f"{where}: 'outliers' must be an int in [0, the weight's size) (section version 2)")
 
 
 def _fail(stored: Stored, problem: str) -> ArtifactError:
@@ -116,6 +139,11 @@ def _fail(stored: Stored, problem: str) -> ArtifactError:
 def check(stored: Stored) -> None:
     """Types and ranges of the section; every layer has its codes and codebook at the sizes its bits imply."""
     data, entries = stored.data, stored.entries
+    version = data.get("version", 1)
+    _expect(is_int(version, 1), stored, "'version' must be a positive int")
+    if version > SECTION_VERSION:
+        raise ArtifactError(f"{stored.path.parent / 'fewbits.json'}: its codebook section has version {version}, "
+                            f"newer than the version {SECTION_VERSION} this fewbits reads; upgrade fewbits.")
     _expect(data.get("codebook_dtype") in CODEBOOK_DTYPES, stored, f"'codebook_dtype' must be one of {CODEBOOK_DTYPES}")
     _expect(isinstance(data.get("layers"), dict), stored, "'layers' must be an object")
     aliases = data.get("aliases")
@@ -135,7 +163,14 @@ def check(stored: Stored) -> None:
         if book.dtype != codebook_dtype or book.shape != want:
             raise _fail(stored, f"codebook of layer {name!r}: expected {data['codebook_dtype']} {list(want)}, "
                                 f"found {book.dtype} {list(book.shape)}")
-    known = {f"{kind}.{name}" for name in data["layers"] for kind in ("codes", "codebook")}
+        k = layer.get("outliers", 0)
+        index, values = (entries.get(f"{kind}.{name}") for kind in OUTLIER_TENSORS)
+        if k and (index is None or values is None or index.dtype != torch.int32 or index.shape != (k,)
+                  or values.dtype != codebook_dtype or values.shape != (k,)):
+            raise _fail(stored, f"outliers of layer {name!r}: expected {k} int32 positions and {k} "
+                                f"{data['codebook_dtype']} values")
+    known = {f"{kind}.{name}" for name, layer in data["layers"].items()
+             for kind in ("codes", "codebook") + (OUTLIER_TENSORS if layer.get("outliers") else ())}
     stray = sorted(n for n in entries if n not in known and not n.startswith("state."))
     if stray:
         raise _fail(stored, f"unexpected tensors {stray[:5]}")
@@ -145,8 +180,12 @@ def check(stored: Stored) -> None:
         raise _fail(stored, f"aliases {dangling[:5]} point to tensors that are not stored")
 
 
-def _fit_to_base(model: nn.Module, stored: Stored, where: str) -> None:
-    """Layers and state must match the base model (an artifact for another base fails here, before any change)."""
+def fit(model: nn.Module, stored: Stored, where: str = "") -> None:
+    """Layers and state must match the base model (an artifact for another base fails here, before any change).
+
+    Reads only shapes and dtypes, so it runs on a model built on the meta device (``fewbits info``, and
+    loading before the base is allocated)."""
+    where = where or f"{stored.path} does not fit the base model {stored.base_note}".rstrip()
     modules = dict(model.named_modules())
     replaced: set[str] = set()
     for name, layer in stored.data["layers"].items():
@@ -173,23 +212,48 @@ def _fit_to_base(model: nn.Module, stored: Stored, where: str) -> None:
                                 f"artifact but {dtype_name(expected[key].dtype)} {list(expected[key].shape)} in the base model.")
 
 
+def _retie(model: nn.Module, aliases: dict[str, str]) -> None:
+    """Loading by assignment gives each state key its own Parameter: make aliases the same object again (tied)."""
+    for alias, key in aliases.items():
+        (alias_owner, _, alias_name), (owner, _, name) = alias.rpartition("."), key.rpartition(".")
+        source, target = model.get_submodule(owner), model.get_submodule(alias_owner)
+        value = source._parameters[name] if name in source._parameters else source._buffers[name]
+        (target._parameters if alias_name in target._parameters else target._buffers)[alias_name] = value
+
+
+def _codebook(stored: Stored, name: str, layer: dict, tensors: dict[str, torch.Tensor], book: torch.Tensor) -> Codebook:
+    """The training form of one stored layer: codes unpacked, its outliers (if any) written over the rebuilt weight."""
+    shape, bits = layer["shape"], layer["bits"]
+    index = values = None
+    if layer.get("outliers"):
+        index, values = tensors[f"outlier_index.{name}"].long(), tensors[f"outlier_values.{name}"]
+    try:
+        return Codebook(unpack(tensors[f"codes.{name}"], bits, math.prod(shape)).reshape(shape), book, bits,
+                        layer["scheme"], index, values)
+    except FewbitsValueError as exc:
+        raise ArtifactError(f"{stored.path}: layer {name!r}: {exc}") from exc
+
+
 def read(model: nn.Module, stored: Stored, *, where: str = "") -> nn.Module:
-    """Fill a freshly built base model: plain state loaded, a Codebook registered on every stored layer."""
-    _fit_to_base(model, stored, where or f"{stored.path} does not fit the base model {stored.base_note}".rstrip())
+    """Fill a freshly built base model (parameters may be on the meta device): plain state assigned, then on
+    every stored layer a packed run-time layer (``fewbits.runtime``: the packed codes as stored), or with
+    ``stored.trainable`` a Codebook parametrization (codes unpacked, codebook trainable); returns the model."""
+    fit(model, stored, where)
     tensors = stored.load_tensors()
     state = {n.removeprefix("state."): t for n, t in tensors.items() if n.startswith("state.")}
     state.update({alias: state[key] for alias, key in stored.data["aliases"].items()})
-    modules = dict(model.named_modules())
-    codebooks = []
-    for name, layer in stored.data["layers"].items():
-        shape, bits = layer["shape"], layer["bits"]
-        codes = unpack(tensors[f"codes.{name}"], bits, math.prod(shape)).reshape(shape)
-        device = modules[name].weight.device
-        book = tensors[f"codebook.{name}"].to(device, DTYPE_NAMES[layer["dtype"]])
-        codebooks.append(([name, *layer["tied"]], Codebook(codes.to(device), book, bits, layer["scheme"])))
     with torch.no_grad():
-        model.load_state_dict(state, strict=False)
-    for members, cb in codebooks:
+        model.load_state_dict(state, strict=False, assign=True)
+    _retie(model, stored.data["aliases"])
+    for name, layer in stored.data["layers"].items():
+        shape, bits, members = layer["shape"], layer["bits"], [name, *layer["tied"]]
+        book = tensors[f"codebook.{name}"].to(DTYPE_NAMES[layer["dtype"]])
+        if not stored.trainable and not layer.get("outliers"):  # outliers keep the Codebook form (exact values)
+            model = install(model, members, PackedWeight(tensors[f"codes.{name}"], book, shape, bits, layer["scheme"]))
+            continue
+        cb = _codebook(stored, name, layer, tensors, book)
         for member in members:
-            register_weight_parametrization(modules[member], cb, drop_original=True)
+            module = model.get_submodule(member)
+            module._parameters["weight"] = nn.Parameter(torch.empty(0, dtype=book.dtype), requires_grad=False)
+            register_weight_parametrization(module, cb, drop_original=True)
     return model

@@ -14,6 +14,6 @@ from fewbits.methods.mask.apply import apply, head_keys, new_head
 from fewbits.methods.mask.config import MaskConfig
 from fewbits.methods.mask.training import mask_param_groups
 
-METHOD = Method("mask", MaskConfig, apply, serialize.write, serialize.check, serialize.read)
+METHOD = Method("mask", MaskConfig, apply, serialize.write, serialize.check, serialize.read, fit=serialize.fit)
 
 __all__ = ["METHOD", "MaskConfig", "apply", "head_keys", "mask_param_groups", "new_head"]

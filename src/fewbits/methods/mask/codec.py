@@ -160,14 +160,27 @@ def _encode_rice(flat: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
     return data, {"k": k, "minority": minority, "count": int(gaps.size), "unary_bits": unary_bits}
 
 
-def _decode_rice(data: np.ndarray, numel: int, params: dict[str, int], name: str) -> np.ndarray:
+def _check_unary(unary_bits: int, data: np.ndarray, name: str) -> None:
+    """The unary stream fits the bytes (checked before any array of codes is made: counts are bounded by bytes)."""
+    if unary_bits > 8 * data.size:
+        raise _corrupt(name, f"a unary stream of {unary_bits} bits in {data.size} bytes")
+
+
+def _rice_positions(data: np.ndarray, numel: int, params: dict[str, int], name: str) -> tuple[np.ndarray, int]:
+    """The minority symbol and its positions, checked; memory bounded by the bytes, whatever ``numel`` says."""
     k, minority, count, unary_bits = _params(params, ("k", "minority", "count", "unary_bits"), name)
     if not (0 <= k < 63 and minority in (0, 1) and 0 <= count <= unary_bits <= numel):
         raise _corrupt(name, f"rice params {params!r} are out of range for {numel} weights")
+    _check_unary(unary_bits, data, name)
     gaps = _rice_unpack(data, np.full(count, k, dtype=np.int64), unary_bits, name)
     positions = np.cumsum(gaps + 1) - 1
     if count and positions[-1] >= numel:
         raise _corrupt(name, f"a position {int(positions[-1])} beyond the {numel} weights")
+    return positions, minority
+
+
+def _decode_rice(data: np.ndarray, numel: int, params: dict[str, int], name: str) -> np.ndarray:
+    positions, minority = _rice_positions(data, numel, params, name)
     flat = np.full(numel, not minority, dtype=bool)
     flat[positions] = bool(minority)
     return flat
@@ -186,17 +199,23 @@ def _encode_runs(flat: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
                   "unary_bits": unary_bits}
 
 
-def _decode_runs(data: np.ndarray, numel: int, params: dict[str, int], name: str) -> np.ndarray:
+def _run_lengths(data: np.ndarray, numel: int, params: dict[str, int], name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every run's length and symbol, checked to cover ``numel`` exactly; memory bounded by the bytes."""
     first, count, k_first, k_second, unary_bits = _params(
         params, ("first", "count", "k_first", "k_second", "unary_bits"), name)
-    if not (first in (0, 1) and 0 <= k_first < 63 and 0 <= k_second < 63 and count <= unary_bits <= numel
+    if not (first in (0, 1) and 0 <= k_first < 63 and 0 <= k_second < 63 and 0 <= count <= unary_bits <= numel
             and (count > 0) == (numel > 0)):
         raise _corrupt(name, f"runs params {params!r} are out of range for {numel} weights")
+    _check_unary(unary_bits, data, name)
     ks = np.where(np.arange(count) % 2 == 0, k_first, k_second).astype(np.int64)
     lengths = _rice_unpack(data, ks, unary_bits, name) + 1
     if int(lengths.sum()) != numel:
         raise _corrupt(name, f"runs covering {int(lengths.sum())} weights, expected {numel}")
-    symbols = (np.arange(count) + first) % 2 == 1
+    return lengths, (np.arange(count) + first) % 2 == 1
+
+
+def _decode_runs(data: np.ndarray, numel: int, params: dict[str, int], name: str) -> np.ndarray:
+    lengths, symbols = _run_lengths(data, numel, params, name)
     return np.repeat(symbols, lengths)
 
 
@@ -225,20 +244,40 @@ def _corrupt(name: str, detail: str) -> ArtifactError:
                          "save it again.")
 
 
-def decode(encoded: EncodedMask, name: str = "mask") -> torch.Tensor:
-    """Rebuild the bool mask (in its shape) from :func:`encode`'s output; ``name`` labels errors."""
-    numel = encoded.numel
+def _bytes_of(encoded: EncodedMask, name: str) -> torch.Tensor:
+    """The encoded bytes, flat; a bit-packed mask's size checked against its shape."""
     data = encoded.data.detach().reshape(-1).cpu()
     if data.dtype != torch.uint8:
         raise _corrupt(name, f"data of dtype {data.dtype}, expected uint8")
+    if encoded.method == "bitpack" and data.numel() != -(-encoded.numel // 8):
+        raise _corrupt(name, f"{data.numel()} bytes, expected {-(-encoded.numel // 8)} for {encoded.numel} weights")
+    if encoded.method not in METHODS:
+        raise _corrupt(name, f"unknown method {encoded.method!r} (known: {list(METHODS)})")
+    return data
+
+
+def count_kept(encoded: EncodedMask, name: str = "mask") -> int:
+    """How many weights the mask keeps, with every length checked as :func:`decode` does, but without building
+    the mask: memory stays within a few times the encoded bytes whatever shape the manifest claims."""
+    data = _bytes_of(encoded, name)
+    numel = encoded.numel
     if encoded.method == "bitpack":
-        if data.numel() != -(-numel // 8):
-            raise _corrupt(name, f"{data.numel()} bytes, expected {-(-numel // 8)} for {numel} weights")
+        return int(unpack(data, 1, numel).sum())
+    if encoded.method == "rice":
+        positions, minority = _rice_positions(data.numpy(), numel, encoded.params, name)
+        return positions.size if minority else numel - positions.size
+    lengths, symbols = _run_lengths(data.numpy(), numel, encoded.params, name)
+    return int(lengths[symbols].sum())
+
+
+def decode(encoded: EncodedMask, name: str = "mask") -> torch.Tensor:
+    """Rebuild the bool mask (in its shape) from :func:`encode`'s output; ``name`` labels errors."""
+    numel = encoded.numel
+    data = _bytes_of(encoded, name)
+    if encoded.method == "bitpack":
         flat = unpack(data, 1, numel).numpy().astype(bool)
     elif encoded.method == "rice":
         flat = _decode_rice(data.numpy(), numel, encoded.params, name)
-    elif encoded.method == "runs":
-        flat = _decode_runs(data.numpy(), numel, encoded.params, name)
     else:
-        raise _corrupt(name, f"unknown method {encoded.method!r} (known: {list(METHODS)})")
+        flat = _decode_runs(data.numpy(), numel, encoded.params, name)
     return torch.from_numpy(flat).reshape(encoded.shape)

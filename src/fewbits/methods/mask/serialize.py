@@ -24,7 +24,7 @@ from fewbits._util.tensorfile import is_int
 from fewbits.errors import ArtifactError, FewbitsValueError, bad_param
 from fewbits.methods.base import Saved, Stored
 from fewbits.methods.mask.apply import head_keys, new_head
-from fewbits.methods.mask.codec import METHODS, EncodedMask, decode, encode
+from fewbits.methods.mask.codec import METHODS, EncodedMask, count_kept, decode, encode
 from fewbits.nn.mask import mask_modules, masks, set_masks
 
 
@@ -69,7 +69,8 @@ def write(model: nn.Module, *, base: Mapping[str, str], task: Any = None,
 
 
 def check(stored: Stored) -> None:
-    """Types of the section, and exactly one tensor per mask and head entry."""
+    """Types of the section, exactly one tensor per mask and head entry, and every mask's lengths and kept count
+    checked without building it (so ``fewbits info`` refuses what loading refuses, in bounded memory)."""
     data = stored.data
     ok = (isinstance(data.get("masks"), dict) and isinstance(data.get("head"), list)
           and isinstance(data.get("info", {}), dict)
@@ -82,11 +83,43 @@ def check(stored: Stored) -> None:
     if set(stored.entries) != expected:
         raise ArtifactError(f"{stored.path}: tensors {sorted(set(stored.entries) ^ expected)[:5]} differ from the "
                             "manifest.")
+    tensors = stored.load_tensors()
+    for name, layer in data["masks"].items():
+        try:
+            kept = count_kept(_encoded(layer, tensors[f"mask.{name}"]), name)
+        except ArtifactError as exc:
+            raise ArtifactError(f"{stored.path}: {exc}") from None
+        if kept != layer["kept"]:
+            raise _corrupt(stored, name, f"{kept} kept weights, the manifest says {layer['kept']}")
 
 
-def _corrupt(name: str, detail: str) -> ArtifactError:
-    return ArtifactError(f"Mask {name!r} cannot be decoded: {detail}. The artifact is truncated or altered; "
-                         "save it again.")
+def _encoded(layer: Mapping[str, Any], data: torch.Tensor) -> EncodedMask:
+    return EncodedMask(layer["method"], tuple(layer["shape"]), data, layer["params"])
+
+
+def _corrupt(stored: Stored, name: str, detail: str) -> ArtifactError:
+    return ArtifactError(f"{stored.path}: mask {name!r} cannot be decoded: {detail}. The artifact is truncated or "
+                         "altered; save it again.")
+
+
+def fit(model: nn.Module, stored: Stored) -> None:
+    """The stored head and masks fit this base, checked from the header's sizes before anything is allocated:
+    the head's label count against the stored head, every mask's shape against its layer's weight."""
+    where = stored.path.parent
+    task = stored.data["info"].get("task", {})
+    num_labels = task.get("num_labels") if isinstance(task, dict) else None
+    rows = [stored.entries[f"head.{key}"].shape[:1] for key in stored.data["head"]]
+    if not is_int(num_labels, 1) or all(tuple(r) != (num_labels,) for r in rows):
+        raise ArtifactError(f"{where / 'fewbits.json'}: the head's label count {num_labels!r} matches none of the "
+                            f"stored head's tensors {[list(r) for r in rows]}; train the mask again.")
+    modules = dict(model.named_modules())
+    for name, layer in stored.data["masks"].items():
+        for member in [name, *layer["tied"]]:
+            weight = getattr(modules.get(member), "weight", None) if isinstance(member, str) else None
+            if not isinstance(weight, torch.Tensor) or list(weight.shape) != layer["shape"]:
+                found = list(weight.shape) if isinstance(weight, torch.Tensor) else "no such layer"
+                raise ArtifactError(f"{where / 'fewbits.json'}: mask {member!r} has shape {layer['shape']}, the base "
+                                    f"has {found}; give the base it was trained on.")
 
 
 def decode_all(stored: Stored) -> tuple[dict[str, torch.Tensor], dict[str, list[str]], dict[str, torch.Tensor]]:
@@ -94,11 +127,13 @@ def decode_all(stored: Stored) -> tuple[dict[str, torch.Tensor], dict[str, list[
     tensors = stored.load_tensors()
     decoded, tied = {}, {}
     for name, layer in stored.data["masks"].items():
-        mask = decode(EncodedMask(layer["method"], tuple(layer["shape"]), tensors[f"mask.{name}"], layer["params"]),
-                      name)
+        try:
+            mask = decode(_encoded(layer, tensors[f"mask.{name}"]), name)
+        except ArtifactError as exc:
+            raise ArtifactError(f"{stored.path}: {exc}") from None
         kept = int(torch.count_nonzero(mask))
         if kept != layer["kept"]:
-            raise _corrupt(name, f"{kept} kept weights, the manifest says {layer['kept']}")
+            raise _corrupt(stored, name, f"{kept} kept weights, the manifest says {layer['kept']}")
         decoded[name], tied[name] = mask, list(layer["tied"])
     return decoded, tied, {key: tensors[f"head.{key}"] for key in stored.data["head"]}
 
@@ -106,11 +141,9 @@ def decode_all(stored: Stored) -> tuple[dict[str, torch.Tensor], dict[str, list[
 def read(model: nn.Module, stored: Stored) -> nn.Module:
     """Give the base (handed over by the loader) a new head of the stored size, fill it, set every mask, freeze."""
     where = stored.path.parent
-    task = stored.data["info"].get("task", {})
-    num_labels = task.get("num_labels") if isinstance(task, dict) else None
-    if not is_int(num_labels, 1):
-        raise ArtifactError(f"{where}: the manifest does not say how many labels the head has; train it again.")
-    new_head(model, num_labels, task.get("label_names"))
+    fit(model, stored)
+    task = stored.data["info"]["task"]
+    new_head(model, task["num_labels"], task.get("label_names"))
     decoded, tied, head = decode_all(stored)
     state = model.state_dict()
     keys = head_keys(model)

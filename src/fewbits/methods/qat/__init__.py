@@ -13,7 +13,8 @@ from fewbits.methods.qat import serialize
 from fewbits.methods.qat.apply import apply, prepare_qat, qat_targets
 from fewbits.methods.qat.config import FULL_PRECISION, REGULARIZERS, QATConfig, RegularizerConfig
 
-METHOD = Method("qat", QATConfig, apply, serialize.write, serialize.check, serialize.read)
+METHOD = Method("qat", QATConfig, apply, serialize.write, serialize.check, serialize.read, fills_base=True,
+                fit=serialize.fit)
 
 __all__ = ["FULL_PRECISION", "METHOD", "REGULARIZERS", "QATConfig", "RegularizerConfig", "apply", "prepare_qat",
            "qat_targets"]

@@ -117,8 +117,18 @@ def add_activations(model: nn.Module, activations: dict[str, Any], where: str) -
             quantizer.initialized.fill_(bool(state["initialized"]))
 
 
+def fit(model: nn.Module, stored: Stored) -> None:
+    """The codebook layers fit the base, and every activation quantizer names one of its layers (shapes only)."""
+    codebook_serialize.fit(model, stored)
+    modules = dict(model.named_modules())
+    missing = sorted(name for name in stored.data["activations"] if name not in modules)
+    if missing:
+        raise ArtifactError(f"{stored.path.parent / 'fewbits.json'}: activation quantizers of layers {missing[:5]} "
+                            "the base model lacks; save the model again.")
+
+
 def read(model: nn.Module, stored: Stored) -> nn.Module:
     """The codebooks, then the activation quantizers."""
-    codebook_serialize.read(model, stored)
+    model = codebook_serialize.read(model, stored)
     add_activations(model, stored.data["activations"], str(stored.path.parent / "fewbits.json"))
     return model

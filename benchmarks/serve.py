@@ -1,0 +1,400 @@
+"""Serving a compressed MiniLM-L6 (fine-tuned on VADER) against FP32 and peer low-bit runtimes, side by side.
+
+Run: ``.venv/bin/python benchmarks/serve.py [--repeats 15]``. Needs the ``onnx`` and ``peers`` extras
+(onnxruntime, optimum-quanto, hqq) and, for the Core ML sizes, coremltools. The first run fine-tunes
+MiniLM-L6 on VADER for 2 epochs (a short budget: the point is serving, not the best accuracy), then
+compresses it with k-means and optimal codebooks at 2, 3, 4 and 8 bits (one codebook per tensor, no
+centroid fine-tuning) and builds the peers' files; all of it is cached under ``benchmarks/.cache/serve``.
+
+Per variant, a fresh subprocess loads the model (files already in the page cache) and evaluates the dev
+split: load time, file size, model tensor bytes held after load + evaluation, and the process's peak RSS
+growth over its RSS before loading. Latency is measured in this process with every variant loaded, one
+thread, variants alternating in a rotating order: batch 1 (8 single sentences per timing) and batch 32;
+the table gives the median over repeats of each time divided by FP32's in the same repeat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import machine_line, write_section  # noqa: E402
+
+CACHE = Path(__file__).resolve().parent / ".cache" / "serve"
+FP32_DIR = CACHE / "fp32"
+BITS, SCHEMES = (2, 3, 4, 8), ("kmeans", "optimal")
+EXPORTED = ("kmeans-3", "kmeans-4", "optimal-4")  # artifacts also exported to ONNX and Core ML
+Runner = Callable[[dict[str, torch.Tensor]], np.ndarray]
+
+
+# ----------------------------------------------------------------------------------------------- set-up
+def _run(*argv: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src")}
+    subprocess.run([sys.executable, *argv], check=True, env=env)
+
+
+def _fp32_model() -> Any:
+    from transformers import AutoModelForSequenceClassification
+
+    from fewbits.models.hf import quiet_transformers
+
+    with quiet_transformers():
+        return AutoModelForSequenceClassification.from_pretrained(FP32_DIR).eval()
+
+
+def _onnx_fp32(path: Path) -> None:
+    """The FP32 model exported by torch's (dynamo) exporter: the peers' ONNX starting point."""
+    model = _fp32_model()
+    ids = torch.arange(16).view(2, 8) + 1000
+    dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence", max=512)}
+    with torch.no_grad():
+        program = torch.onnx.export(model, (ids, torch.ones_like(ids)), dynamo=True, verbose=False,
+                                    input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                                    dynamic_shapes=(dims, dims))
+    program.save(str(path), external_data=False)
+
+
+def prepare() -> None:
+    """Fine-tune, compress, export and quantize the peers once; everything is cached."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    if not (FP32_DIR / "model.safetensors").is_file():
+        _run("-m", "fewbits.cli", "finetune", "--model", "minilm", "--task", "vader", "--out", str(FP32_DIR),
+             "--epochs", "2", "--no-progress")
+    import fewbits
+    from fewbits.export import export
+    from fewbits.models import load_model
+
+    for scheme in SCHEMES:
+        for bits in BITS:
+            target = CACHE / f"{scheme}-{bits}"
+            if not (target / "fewbits.json").is_file():
+                model, tokenizer = load_model(FP32_DIR)
+                fewbits.compress(model, scheme, bits)
+                fewbits.save(model, target, tokenizer=tokenizer)
+    for name in EXPORTED:
+        for fmt, suffix in (("onnx", ".onnx"), ("coreml", ".mlpackage")):
+            target = CACHE / f"export-{name}{suffix}"
+            if not target.exists():
+                export(CACHE / name, fmt, target)
+    if not (CACHE / "export-hf-kmeans-3").is_dir():
+        export(CACHE / "kmeans-3", "hf", CACHE / "export-hf-kmeans-3")
+    if not (CACHE / "fp32.onnx").is_file():
+        _onnx_fp32(CACHE / "fp32.onnx")
+    if not (CACHE / "ort-int8.onnx").is_file():
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(CACHE / "fp32.onnx", CACHE / "ort-int8.onnx", weight_type=QuantType.QInt8)
+    if not (CACHE / "ort-nbits4.onnx").is_file():
+        import onnx
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        quantizer = MatMulNBitsQuantizer(onnx.load(CACHE / "fp32.onnx"), block_size=32, is_symmetric=True)
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(CACHE / "ort-nbits4.onnx"), use_external_data_format=False)
+
+
+# ---------------------------------------------------------------------------------------------- variants
+def _torch_runner(model: torch.nn.Module) -> Runner:
+    def run(batch: dict[str, torch.Tensor]) -> np.ndarray:
+        with torch.no_grad():
+            return model(**batch).logits.numpy()
+    return run
+
+
+def _ort_runner(path: Path) -> tuple[Runner, Any]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    names = {i.name for i in session.get_inputs()}  # the exports take input_ids and attention_mask only
+
+    def run(batch: dict[str, torch.Tensor]) -> np.ndarray:
+        return session.run(None, {k: v.numpy() for k, v in batch.items() if k in names})[0]
+    return run, session
+
+
+def _peer(kind: str) -> torch.nn.Module:
+    """The FP32 model quantized by a peer library at load (their load time includes quantizing)."""
+    model = _fp32_model()
+    if kind == "torch-int8":
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    if kind.startswith("quanto"):
+        from optimum.quanto import freeze, qint2, qint4, quantize
+
+        quantize(model, weights={"quanto-int4": qint4, "quanto-int2": qint2}[kind])
+        freeze(model)
+        return model
+    from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
+
+    bits, group = {"hqq-4": (4, 64), "hqq-2": (2, 16)}[kind]
+    config = BaseQuantizeConfig(nbits=bits, group_size=group)
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.Linear) and f"{name}.{child_name}".lstrip(".") != "classifier":
+                setattr(module, child_name, HQQLinear(child, quant_config=config, compute_dtype=torch.float32,
+                                                      device="cpu"))
+    return model
+
+
+def variants() -> dict[str, str]:
+    """Variant name -> how to load it (see :func:`load`)."""
+    table = {"FP32": "fp32"}
+    table.update({f"fewbits {s} {b}-bit": f"fewbits:{s}-{b}" for s in SCHEMES for b in BITS})
+    table["fewbits kmeans 3-bit, training representation (before)"] = "training:kmeans-3"
+    table.update({"torch dynamic int8": "peer:torch-int8", "onnxruntime dynamic int8": "onnx:ort-int8.onnx",
+                  "onnxruntime MatMulNBits 4-bit": "onnx:ort-nbits4.onnx", "optimum-quanto int4": "peer:quanto-int4",
+                  "optimum-quanto int2": "peer:quanto-int2", "HQQ 4-bit g64": "peer:hqq-4", "HQQ 2-bit g16": "peer:hqq-2"})
+    table.update({f"export onnx, fewbits {n.replace('-', ' ')}-bit": f"onnx:export-{n}.onnx" for n in EXPORTED})
+    table["export hf, fewbits kmeans 3-bit"] = "hf:export-hf-kmeans-3"
+    return table
+
+
+def files_of(spec: str) -> list[Path]:
+    """The files a variant loads (their total is its file size)."""
+    kind, _, arg = spec.partition(":")
+    if kind in ("fewbits", "training"):
+        return [CACHE / arg / f for f in ("fewbits.json", "fewbits.safetensors", "config.json")]
+    if kind == "onnx":
+        return [CACHE / arg]
+    folder = CACHE / arg if kind == "hf" else FP32_DIR
+    return [folder / "model.safetensors", folder / "config.json"]
+
+
+def load(spec: str) -> tuple[Runner, Any]:
+    """Load a variant; returns its runner and the object that holds it (model or session)."""
+    import fewbits
+
+    kind, _, arg = spec.partition(":")
+    if kind == "onnx":
+        return _ort_runner(CACHE / arg)
+    if kind == "fewbits":
+        model = fewbits.load(CACHE / arg)
+    elif kind == "training":
+        model = fewbits.load(CACHE / arg, trainable=True)
+    elif kind == "peer":
+        model = _peer(arg)
+    else:
+        model = _fp32_model() if kind == "fp32" else _hf_export(CACHE / arg)
+    return _torch_runner(model), model
+
+
+def _hf_export(folder: Path) -> torch.nn.Module:
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(folder).eval()
+
+
+def held_bytes(model: Any) -> int | None:
+    """Model tensor bytes held (each storage once; the training representation's cached weights included)."""
+    if not isinstance(model, torch.nn.Module):
+        return None
+    from fewbits.methods.codebook import codebook_modules
+    from fewbits.runtime import tensor_bytes
+
+    cached = {id(cb): cb._cache[1].nbytes for _, cb in codebook_modules(model).values() if cb._cache is not None}
+    try:
+        return tensor_bytes(model) + sum(cached.values())
+    except RuntimeError:  # tensor subclasses (optimum-quanto's) expose no storage: their serialized state's bytes
+        return state_bytes(model)
+
+
+def state_bytes(model: Any) -> int:
+    """Serialized size of a peer's quantized state (torch.save), its file size."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return len(buffer.getvalue())
+
+
+# --------------------------------------------------------------------------------------------- measures
+def dev_batches(batch_size: int) -> list[dict[str, torch.Tensor]]:
+    """The VADER dev split tokenized into int64 batches (labels kept apart under key 'labels')."""
+    from transformers import AutoTokenizer
+
+    from fewbits.data import load_task, make_collate
+
+    task = load_task("vader")
+    collate = make_collate(task, AutoTokenizer.from_pretrained(FP32_DIR), max_length=128)
+    split = task.splits["dev"]
+    return [collate([split[j] for j in range(i, min(len(split), i + batch_size))])
+            for i in range(0, len(split), batch_size)]
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def measure_one(spec: str) -> dict[str, Any]:
+    """In a fresh process: load time, held bytes, accuracy, peak RSS growth (run by ``--measure``)."""
+    torch.set_num_threads(1)
+    batches = dev_batches(128)
+    import fewbits.runtime  # noqa: F401  (library imports happen before the baseline RSS and the clock)
+    import onnxruntime  # noqa: F401
+    import transformers
+
+    transformers.BertForSequenceClassification  # noqa: B018  (the lazy import of the model's module)
+
+    for f in files_of(spec):
+        f.read_bytes()  # page cache: load times are warm
+    before = _rss()
+    start = time.perf_counter()
+    run, model = load(spec)
+    seconds = time.perf_counter() - start
+    correct = total = 0
+    for batch in batches:
+        labels = batch.pop("labels")
+        correct += int((run(batch).argmax(-1) == labels.numpy()).sum())
+        total += len(labels)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    size = sum(f.stat().st_size for f in files_of(spec)) if not spec.startswith("peer") else state_bytes(model)
+    return {"load_s": seconds, "held": held_bytes(model), "accuracy": correct / total, "growth": peak - before,
+            "file": size}
+
+
+def latencies(specs: dict[str, str], repeats: int) -> dict[str, dict[str, float]]:
+    """Median per-repeat ratio to FP32 at batch 1 (8 sentences, one by one) and batch 32, alternating variants."""
+    torch.set_num_threads(1)
+    batch32 = {k: v for k, v in dev_batches(32)[0].items() if k != "labels"}
+    singles = [{k: v[i:i + 1, : int(batch32["attention_mask"][i].sum())] for k, v in batch32.items()} for i in range(8)]
+    runners = {name: load(spec)[0] for name, spec in specs.items()}
+    names = list(runners)
+    times: dict[str, dict[str, list[float]]] = {n: {"b1": [], "b32": []} for n in names}
+    for r in range(repeats + 1):  # the first round warms up and is dropped
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            run = runners[name]
+            start = time.perf_counter()
+            for single in singles:
+                run(single)
+            middle = time.perf_counter()
+            run(batch32)
+            if r:
+                times[name]["b1"].append((middle - start) / len(singles))
+                times[name]["b32"].append(time.perf_counter() - middle)
+    out: dict[str, dict[str, float]] = {}
+    for name, per_batch in times.items():
+        out[name] = {}
+        for key, values in per_batch.items():
+            out[name][f"{key}_ms"] = statistics.median(values) * 1e3
+            out[name][f"{key}_ratio"] = statistics.median(t / f for t, f in zip(values, times["FP32"][key], strict=True))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ report
+def _mib(n: float | None) -> str:
+    return "n/a" if n is None else f"{n / 2**20:.1f}"
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    """One row per variant: accuracy, sizes, memory, load time and latency, with ratios to FP32."""
+    fp = results["FP32"]
+    lines = ["| variant | dev accuracy | file MiB (x FP32) | tensors held MiB (x file) | process growth MiB (x FP32's) "
+             "| load s (x FP32) | batch 1 ms (x FP32) | batch 32 ms (x FP32) |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        held = "n/a" if r["held"] is None else f"{_mib(r['held'])} ({r['held'] / r['file']:.2f})"
+        lines.append(f"| {name} | {r['accuracy']:.4f} | {_mib(r['file'])} ({r['file'] / fp['file']:.3f}) | {held} "
+                     f"| {_mib(r['growth'])} ({r['growth'] / fp['growth']:.2f}) | {r['load_s']:.3f} "
+                     f"({r['load_s'] / fp['load_s']:.2f}) | {r['b1_ms']:.2f} ({r['b1_ratio']:.2f}) "
+                     f"| {r['b32_ms']:.1f} ({r['b32_ratio']:.2f}) |")
+    return "\n".join(lines)
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def targets(results: dict[str, dict[str, Any]], fp32_onnx: int) -> str:
+    """The issue's targets, checked on every fewbits run-time variant and ONNX export."""
+    fp, ort8 = results["FP32"], results["onnxruntime dynamic int8"]
+    lines = []
+    for name, r in results.items():
+        if name.startswith("fewbits") and "before" not in name:
+            checks = [("held <= 1.3x file", r["held"] <= 1.3 * r["file"]),
+                      ("growth <= 0.4x FP32's", r["growth"] <= 0.4 * fp["growth"]),
+                      ("batch 32 <= 1.25x", r["b32_ratio"] <= 1.25), ("batch 1 <= 1.5x", r["b1_ratio"] <= 1.5),
+                      ("load <= 2x", r["load_s"] <= 2 * fp["load_s"])]
+        elif name.startswith("export onnx"):
+            source = results["fewbits " + name.removeprefix("export onnx, fewbits ")]
+            checks = [("accuracy within 0.5 pt", abs(r["accuracy"] - source["accuracy"]) <= 0.005),
+                      ("file <= 0.3x FP32 ONNX", r["file"] <= 0.3 * fp32_onnx),
+                      ("batch 1 <= 1.2x ort int8", r["b1_ms"] <= 1.2 * ort8["b1_ms"]),
+                      ("batch 32 <= 1.2x ort int8", r["b32_ms"] <= 1.2 * ort8["b32_ms"])]
+        else:
+            continue
+        lines.append(f"- {name}: " + "; ".join(f"{label} {_met(ok)}" for label, ok in checks))
+    return "\n".join(lines)
+
+
+def coreml_sizes(fp32_file: int) -> str:
+    """Size of each Core ML export (its weights file; prediction needs macOS, so no run here)."""
+    rows = []
+    for name in EXPORTED:
+        package = CACHE / f"export-{name}.mlpackage"
+        size = sum(f.stat().st_size for f in package.rglob("*") if f.is_file())
+        rows.append(f"| {name.replace('-', ' ')}-bit | {_mib(size)} | {size / fp32_file:.3f} |")
+    return "\n".join(["| Core ML export (palettized, float32 tables) | .mlpackage MiB | x FP32 safetensors |",
+                      "|---|---|---|", *rows])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # internal: one variant's subprocess
+    parser.add_argument("--no-write", action="store_true", help="print the tables only")
+    args = parser.parse_args(argv)
+    if args.measure:
+        print(json.dumps(measure_one(args.measure)))
+        return
+    prepare()
+    specs = variants()
+    results = {}
+    for name, spec in specs.items():
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src")}
+        done = subprocess.run([sys.executable, __file__, "--measure", spec], check=True, env=env, capture_output=True,
+                              text=True)
+        results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+        print(name, results[name], flush=True)
+    for name, lat in latencies(specs, args.repeats).items():
+        results[name].update(lat)
+    fp32_onnx = (CACHE / "fp32.onnx").stat().st_size
+    markdown = "\n".join([
+        "## Serving: compressed run-time, peers and exports on MiniLM-L6 / VADER (`benchmarks/serve.py`)",
+        "",
+        f"Machine: {machine_line()}; shared with other jobs, so only ratios count. MiniLM-L6 fine-tuned on VADER "
+        "for 2 epochs (short budget), compressed with one codebook per tensor and no centroid fine-tuning. "
+        f"FP32 ONNX file: {_mib(fp32_onnx)} MiB. Held = model tensor bytes after load + evaluation (each "
+        "storage once; n/a for onnxruntime); growth = a fresh process's peak RSS over its RSS before loading; "
+        "load = warm files, peers quantize at load; latency = one thread, median over "
+        f"{args.repeats} alternating repeats of the ratio to FP32 in the same repeat (batch 1: mean of 8 "
+        "single sentences).",
+        "",
+        table(results),
+        "",
+        "Targets:",
+        "",
+        targets(results, fp32_onnx),
+        "",
+        coreml_sizes(results["FP32"]["file"]),
+    ])
+    print(markdown)
+    if not args.no_write:
+        write_section("serve", markdown)
+
+
+if __name__ == "__main__":
+    main()
