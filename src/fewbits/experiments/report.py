@@ -232,8 +232,7 @@ def p2_section(results: Sequence[Mapping[str, Any]], plots_dir: Path, link: str)
         task, seed, aw = c["task"], c.get("seed", 0), _aw(c)
         method, T = c["regularize"]["method"], float(c["regularize"]["temperature"])
         score = task_score(task, stages["regularize"])
-        curv = stages.get("landscape", {}).get("hessian", {})
-        tr, ex = curv.get("trace", {}).get("mean"), curv.get("exact_trace", {}).get("mean")
+        tr, ex = (stages.get("landscape", {}).get("hessian", {}).get(k, {}).get("mean") for k in ("trace", "exact_trace"))
         if score is None:
             continue
         if method != "kd" or T == P2_PAPER_T:
