@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 from torch.nn.utils import parametrize
 
 
@@ -61,3 +63,19 @@ def assert_unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
         assert torch.equal(after[k], v), k
     for p in model.parameters():
         assert p.grad is None
+
+
+def exact_hessian(model: nn.Module, data) -> tuple[torch.Tensor, list[str], list[int]]:
+    """The full Hessian of the mean cross-entropy over ``data`` w.r.t. every parameter, flattened."""
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    sizes = [p.numel() for _, p in model.named_parameters()]
+    x = torch.cat([b[0] for b in data])
+    y = torch.cat([b[1] for b in data])
+
+    def loss(flat: torch.Tensor) -> torch.Tensor:
+        params = {n: t.reshape(s) for n, t, s in zip(names, flat.split(sizes), shapes)}
+        return F.cross_entropy(functional_call(model, params, (x,)), y)
+
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    return torch.autograd.functional.hessian(loss, flat), names, sizes

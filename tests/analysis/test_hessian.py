@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from analysis_helpers import assert_unchanged, batches, mlp, quantized_mlp, snapshot
+from analysis_helpers import assert_unchanged, batches, exact_hessian, mlp, quantized_mlp, snapshot
 from torch import nn
-from torch.func import functional_call
 
 from fewbits.analysis import (
     BatchLoss,
@@ -112,25 +111,10 @@ def test_hutchinson_stopping_rule():
         hutchinson_trace(model, data, max_probes=3, min_probes=5)
 
 
-def _flat_hessian(model: nn.Module, data) -> tuple[torch.Tensor, list[str]]:
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for _, p in model.named_parameters()]
-    sizes = [p.numel() for _, p in model.named_parameters()]
-    x = torch.cat([b[0] for b in data])
-    y = torch.cat([b[1] for b in data])
-
-    def loss(flat: torch.Tensor) -> torch.Tensor:
-        params = {n: t.reshape(s) for n, t, s in zip(names, flat.split(sizes), shapes)}
-        return F.cross_entropy(functional_call(model, params, (x,)), y)
-
-    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    return torch.autograd.functional.hessian(loss, flat), names
-
-
 def test_hvp_matches_full_hessian_and_ignores_the_batch_split():
     model = mlp()
     data = batches(sizes=(12, 10, 8))
-    H, names = _flat_hessian(model, data)
+    H, names, _ = exact_hessian(model, data)
     g = torch.Generator().manual_seed(0)
     v = {n: torch.randn(p.shape, generator=g, dtype=torch.float64) for n, p in model.named_parameters()}
     flat_v = torch.cat([v[n].reshape(-1) for n in names])

@@ -5,11 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from analysis_helpers import batches, mlp
+from analysis_helpers import batches, exact_hessian, mlp
 from test_hessian import Quadratic, quadratic_loss
 from torch import nn
-from torch.func import functional_call
 
 from fewbits.analysis import hutchinson_trace, layer_traces, spectral_density, top_eigenvalue
 from fewbits.errors import FewbitsError
@@ -20,22 +18,6 @@ def tiny_cnn() -> nn.Sequential:
     torch.manual_seed(3)
     return nn.Sequential(nn.Unflatten(1, (1, 6)), nn.Conv1d(1, 2, 3), nn.ReLU(), nn.Flatten(),
                          nn.Linear(8, 3)).double()
-
-
-def exact_hessian(model: nn.Module, data) -> tuple[torch.Tensor, list[str], list[int]]:
-    """The full Hessian of the mean cross-entropy over ``data`` w.r.t. every parameter, flattened."""
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for _, p in model.named_parameters()]
-    sizes = [p.numel() for _, p in model.named_parameters()]
-    x = torch.cat([b[0] for b in data])
-    y = torch.cat([b[1] for b in data])
-
-    def loss(flat: torch.Tensor) -> torch.Tensor:
-        params = {n: t.reshape(s) for n, t, s in zip(names, flat.split(sizes), shapes)}
-        return F.cross_entropy(functional_call(model, params, (x,)), y)
-
-    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    return torch.autograd.functional.hessian(loss, flat), names, sizes
 
 
 MODELS = {"mlp": lambda: mlp(2, sizes=(6, 8, 3)), "cnn": tiny_cnn}
