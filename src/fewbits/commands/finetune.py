@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 
 from fewbits.commands.preflight import add_threads_argument
 
-# Defaults per model family for the settings the user leaves out; text models follow BERT fine-tuning.
+log = logging.getLogger(__name__)
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `fewbits finetune`."""
     parser.add_argument("--model", default="minilm",
@@ -65,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from fewbits.models import load_model, save_model
     from fewbits.models.defaults import training_defaults
     from fewbits.train import TrainConfig, train
+    from fewbits.train.checkpoint import latest_checkpoint
 
     check_out_dir(args.out, "finetune", files=("finetune.json", "metrics.jsonl", "config.json"),
                   folders=("checkpoints",))
@@ -81,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         max_grad_norm=args.max_grad_norm or None, seed=args.seed, max_length=args.max_length, out_dir=args.out,
         resume=args.resume, max_steps=args.max_steps, log_every=args.log_every, save_every=args.save_every,
         num_workers=args.num_workers, progress=not args.no_progress)
+    if args.resume and latest_checkpoint(args.out) is None:  # asked for, yet nothing to resume: say so
+        log.warning("no checkpoint in %s to resume from: training starts from the beginning", args.out)
     result = train(model, task, config, tokenizer=tokenizer)
     trained_at = time.perf_counter()
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():

@@ -263,7 +263,7 @@ def _resume(metrics_log: ckpt.MetricsLog | None, model: nn.Module, optimizer: to
     last = ckpt.latest_checkpoint(config.out_dir) if config.resume else None
     if last is None:
         if config.resume:
-            log.warning("no checkpoint in %s to resume from: training starts from the beginning", config.out_dir)
+            log.info("no checkpoint in %s to resume from: training starts from the beginning", config.out_dir)
         if metrics_log is not None:
             metrics_log.restart(None)
         return 0, None, None, [], {}
