@@ -22,6 +22,7 @@ from fewbits.commands.preflight import add_threads_argument
 
 log = logging.getLogger(__name__)
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `fewbits finetune`."""
     parser.add_argument("--model", default="minilm",
