@@ -34,14 +34,19 @@ class BasicBlock(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
+def check_sizes(owner: str, **sizes: int) -> None:
+    """Every size argument of a ResNet constructor must be a positive int (one-line error naming it)."""
+    for name, value in sizes.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise bad_param(name, "a positive int", value, owner)
+
+
 class ResNet18(nn.Module):
     """ResNet-18 for small images: ``forward(x)`` maps (N, C, H, W) floats to (N, num_classes) logits."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 64) -> None:
         super().__init__()
-        for name, value in (("num_classes", num_classes), ("in_channels", in_channels), ("width", width)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise bad_param(name, "a positive int", value, "ResNet18")
+        check_sizes("ResNet18", num_classes=num_classes, in_channels=in_channels, width=width)
         self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)  # CIFAR stem
         self.bn1 = nn.BatchNorm2d(width)
         layers, channels = [], width

@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fewbits.errors import bad_param
-from fewbits.models.resnet import BasicBlock
+from fewbits.models.resnet import BasicBlock, check_sizes
 
 
 class ResNet8(nn.Module):
@@ -21,9 +20,7 @@ class ResNet8(nn.Module):
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16) -> None:
         super().__init__()
-        for name, value in (("num_classes", num_classes), ("in_channels", in_channels), ("width", width)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise bad_param(name, "a positive int", value, "ResNet8")
+        check_sizes("ResNet8", num_classes=num_classes, in_channels=in_channels, width=width)
         self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.layer1 = BasicBlock(width, width, stride=1)
