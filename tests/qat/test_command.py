@@ -75,6 +75,21 @@ def test_resume_skips_a_finished_ste_phase(teacher_dir, first_run):
     assert "ste_phase" not in summary and summary["second_phase"]["steps"] == steps
 
 
+def test_resume_with_nothing_to_resume_says_so(teacher_dir, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="fewbits.commands.qat"):
+        assert main(["qat", "--model", str(teacher_dir), "--task", "mnist1d", "--wbits", "2", "--abits", "2",
+                     "--out", str(tmp_path / "new"), *FEW, "--resume"]) == 0
+    assert [r.getMessage() for r in caplog.records if r.name == "fewbits.commands.qat"] == [
+        f"no checkpoint in {tmp_path / 'new'} to resume from: training starts from the beginning"]
+
+
+def test_resume_of_a_started_run_does_not_warn(teacher_dir, first_run, caplog):
+    with caplog.at_level("WARNING", logger="fewbits.commands.qat"):
+        assert main(["qat", "--model", str(teacher_dir), "--task", "mnist1d", "--wbits", "2", "--abits", "2",
+                     "--method", "kd", "--temperature", "2", "--out", str(first_run), *FEW, "--resume"]) == 0
+    assert not [r for r in caplog.records if r.name == "fewbits.commands.qat"]
+
+
 def test_user_errors_are_one_line(tmp_path, capsys, first_run):
     assert main(["qat", "--model", "cnn1d", "--task", "mnist1d", "--wbits", "3", "--out", str(tmp_path), "--method",
                  "kd"]) == 2

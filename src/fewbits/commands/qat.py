@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 
 from fewbits.commands.preflight import add_threads_argument, apply_threads, check_out_dir
 
-# Defaults per model family for the settings the user leaves out: (lr, STE-phase epochs, second-phase epochs, batch).
+log = logging.getLogger(__name__)
 STE_DIR, MODEL_DIR, SUMMARY_FILE = "ste-phase", "model", "summary.json"
 
 
@@ -105,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     from fewbits.models.defaults import training_defaults
     from fewbits.protocols.qat import second_phase, ste_phase, ste_phase_done
     from fewbits.train import TrainConfig
+    from fewbits.train.checkpoint import latest_checkpoint
 
     _check(args)
     check_out_dir(args.out, "qat", files=("qat.json", SUMMARY_FILE, "metrics.jsonl"), folders=("checkpoints", STE_DIR),
@@ -142,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
     summary: dict = {"task": task.name, "split": task.eval_split, "wbits": args.wbits, "abits": args.abits,
                      "method": args.method}
     ste_dir = Path(args.ste_checkpoint) if args.ste_checkpoint else out / STE_DIR
+    if args.resume and not (ste_phase_done(ste_dir) or latest_checkpoint(ste_dir) or latest_checkpoint(out)):
+        log.warning("no checkpoint in %s to resume from: training starts from the beginning", out)
     if args.ste_checkpoint is None and not (args.resume and ste_phase_done(ste_dir)):
         first = ste_phase(model, task, config(args.ste_epochs, "ste_epochs", ste_dir), qat, tokenizer=tokenizer,
                           bias_correction=not args.no_bias_correction)
