@@ -1,6 +1,6 @@
 """Which weights to keep exact: the largest |w| or the largest Fisher-weighted error? MiniLM-L6 on vader.
 
-Run after ``benchmarks/sensitivity_vader.py`` (it reuses that study's FP32 models and Fisher estimates):
+Run after ``benchmarks/sensitivity.py`` (it reuses that study's FP32 models and Fisher estimates):
 ``python benchmarks/outlier_selection.py [--work DIR] [--seeds 0 1 2]``. For each seed, bits (2, 3) and
 fraction (0.1%, 0.5%): ``optimal`` with Fisher-weighted codebooks and outliers chosen each way; the
 summed Fisher-weighted squared error over every compressed layer and the dev accuracy right after
@@ -62,7 +62,7 @@ def main() -> None:
     section = "\n".join([
         "## Outliers: keep the largest |w| or the largest Fisher-weighted error?", "",
         f"`benchmarks/outlier_selection.py`: MiniLM-L6 / vader, seeds {args.seeds} (the FP32 models and Fisher "
-        f"of `sensitivity_vader.py`), `optimal` with Fisher-weighted codebooks, uniform bits, no fine-tuning. "
+        f"of `sensitivity.py`), `optimal` with Fisher-weighted codebooks, uniform bits, no fine-tuning. "
         f"{machine_line()}.", "",
         "| bits | outliers | selection | Fisher-weighted error (mean) | dev accuracy % |", "|---|---|---|---|---|",
         *rows])

@@ -1,8 +1,9 @@
-"""Sensitivity-aware compression of MiniLM-L6 on vader: uniform vs mixed bits, importance, outliers, HAWQ.
+"""Sensitivity-aware compression of MiniLM-L6: uniform vs mixed bits, importance, outliers, HAWQ.
 
-Run: ``python benchmarks/sensitivity_vader.py [--seeds 0 1 2] [--work DIR] [--report-only]``.
+Run: ``python benchmarks/sensitivity.py [--task vader] [--seeds 0 1 2] [--work DIR] [--report-only]``
+(``--task sentences/movies --max-length 48 --eval-split test`` for the rated movie-review sentences).
 
-Per seed: MiniLM-L6 is fine-tuned once in FP32 (``--fp32-epochs``, max_length 16, checkpoints kept
+Per seed: MiniLM-L6 is fine-tuned once in FP32 (``--fp32-epochs``, ``--max-length``, checkpoints kept
 for Adam's second moments), then every importance and sensitivity is computed once from it:
 the diagonal empirical Fisher (``--fisher-batches`` batches of 32 training examples, one example at a
 time), Adam's ``v_hat`` from the run's last checkpoint, and per-layer Hutchinson traces
@@ -12,7 +13,8 @@ evaluates on the dev split, fine-tunes the codebooks for ``--ft-steps`` steps (P
 evaluates again. "Equal size": a mixed cell at budget b spends at most what uniform b-bit spends
 (codes + codebooks + outliers of the compressed layers) for integer b, b bits per weight for 2.5.
 Cells run in priority order, all seeds per cell; results are appended to ``--work/results.jsonl``
-and a rerun skips what is done. The table goes to BENCHMARKS.md (section ``sensitivity``).
+and a rerun skips what is done. The table goes to BENCHMARKS.md (section ``sensitivity`` for
+vader, ``sensitivity-<task>`` for another task).
 """
 
 from __future__ import annotations
@@ -62,6 +64,20 @@ CELLS = [
 ]
 
 
+def _slug(task_name: str) -> str:
+    """A task name as a file-name part: sentences/movies -> sentences-movies."""
+    return task_name.replace("/", "-")
+
+
+def _scored_on(task, split: str | None):
+    """The task scored on ``split`` (its training split kept): the study tunes nothing on what it scores."""
+    if split is None or split == task.eval_split:
+        return task
+    if split not in task.splits or split == "train":
+        raise SystemExit(f"--eval-split: {task.name} has no split {split!r} to score on (splits: {sorted(task.splits)})")
+    return dataclasses.replace(task, splits={"train": task.splits["train"], split: task.splits[split]})
+
+
 def _fp32(seed: int, task, args, work: Path):
     """The seed's fine-tuned FP32 model (trained once, checkpoints kept), its tokenizer and dev accuracy."""
     folder = work / f"fp32-{seed}"
@@ -71,10 +87,10 @@ def _fp32(seed: int, task, args, work: Path):
         return model.eval(), tokenizer, json.loads(record.read_text())
     torch.manual_seed(seed)
     model, tokenizer = load_model("minilm", task)
-    config = TrainConfig(epochs=args.fp32_epochs, batch_size=32, lr=1e-4, max_length=16, seed=seed,
+    config = TrainConfig(epochs=args.fp32_epochs, batch_size=32, lr=1e-4, max_length=args.max_length, seed=seed,
                          max_steps=args.fp32_max_steps, out_dir=folder / "run", resume=True, progress=False)
     started = time.perf_counter()
-    result = train(model, eval_sorted(task, tokenizer, 16), config, tokenizer=tokenizer)
+    result = train(model, eval_sorted(task, tokenizer, args.max_length), config, tokenizer=tokenizer)
     save_model(model, folder / "model", tokenizer)
     info = {"accuracy": result.metrics["accuracy"], "seconds": time.perf_counter() - started}
     record.write_text(json.dumps(info))
@@ -87,7 +103,7 @@ def _importances(seed: int, model, tokenizer, task, args, work: Path) -> dict:
 
     folder = work / f"fp32-{seed}"
     path, traces_path = folder / "fisher.safetensors", folder / "traces.json"
-    collate = make_collate(task, tokenizer, max_length=16)
+    collate = make_collate(task, tokenizer, max_length=args.max_length)
     train_rows = task.splits["train"]
     order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(seed)).tolist()
     batches = [collate([train_rows[i] for i in order[32 * b:32 * b + 32]]) for b in range(args.fisher_batches)]
@@ -142,16 +158,17 @@ def _run_cell(cell, seed, model, tokenizer, task, imp, plans, args) -> dict:
     weighted = sum(((m.weight.detach() - q.weight.detach()).double().pow(2) * imp["fisher"][n].double()).sum().item()
                    for n, m, q in ((r.name, model.get_submodule(r.name), quantized.get_submodule(r.name))
                                    for r in reports))
-    dev = eval_sorted(task, tokenizer, 16)
-    before = evaluate(quantized, dev, tokenizer=tokenizer, max_length=16, batch_size=256)["accuracy"]
+    dev = eval_sorted(task, tokenizer, args.max_length)
+    before = evaluate(quantized, dev, tokenizer=tokenizer, max_length=args.max_length, batch_size=256)["accuracy"]
     config = TrainConfig(epochs=1, max_steps=args.ft_steps, batch_size=32, lr=5e-5, weight_decay=0.01,
-                         max_length=16, seed=seed, progress=False)
+                         max_length=args.max_length, seed=seed, progress=False)
     result = train(quantized, dev, config, tokenizer=tokenizer,
                    param_groups=lambda m: param_groups(m, 5e-5, 10.0, 0.01))
     return {"cell": name, "importance": importance, "outliers": outliers, "allocation": allocation,
             "budget": budget, "seed": seed, "before": before, "after": result.metrics["accuracy"],
             "bits_per_weight": 8 * nbytes / compressed, "fisher_weighted_error": weighted,
-            "bits": {r.name: r.bits for r in reports}, "plan_s": plan_s, "seconds": time.perf_counter() - started}
+            "bits": {r.name: r.bits for r in reports}, "ft_steps": args.ft_steps, "plan_s": plan_s,
+            "seconds": time.perf_counter() - started}
 
 
 def _spread(values: list[float]) -> str:
@@ -190,31 +207,34 @@ def _goals(results: list[dict], fp32: dict[int, dict]) -> list[str]:
     return lines
 
 
-def _plot(results: list[dict], out: Path) -> list[str]:
+def _plot(results: list[dict], task, out: Path) -> list[str]:
     """Allocation plots of seed 0's mixed+fisher cells; returns markdown links."""
     from fewbits.protocols.sensitivity import plot_allocation
 
-    model, _ = load_model("minilm", load_task("vader"))
+    model, _ = load_model("minilm", task)
+    prefix = "" if task.name == "vader" else _slug(task.name) + "-"
     links = []
     for budget in (2, 2.5, 3):
         rows = [r for r in results if r["cell"] == "mixed+fisher" and r["budget"] == budget and r["seed"] == 0]
         if rows:
             numel = {n: model.get_submodule(n).weight.numel() for n in rows[0]["bits"]}
-            path = plot_allocation(rows[0]["bits"], numel, out / f"allocation-fisher-{budget}.png",
-                                   title=f"MiniLM-L6 / vader, Fisher, {budget} bits on average (seed 0)")
+            path = plot_allocation(rows[0]["bits"], numel, out / f"{prefix}allocation-fisher-{budget}.png",
+                                   title=f"MiniLM-L6 / {task.name}, Fisher, {budget} bits on average (seed 0)")
             links.append(f"[{budget} bits]({path.relative_to(out.parent.parent)})")
     return links
 
 
-def _report(results: list[dict], fp32: dict[int, dict], args) -> str:
+def _report(results: list[dict], fp32: dict[int, dict], task, args) -> str:
     """The markdown section: one row per cell, mean ± sd over seeds."""
-    lines = ["## Sensitivity-aware compression (MiniLM-L6 / vader)", "",
-             f"`benchmarks/sensitivity_vader.py`: {__doc__.split(chr(10))[0]} {machine_line()}. Seeds "
-             f"{sorted(fp32)}; FP32 {args.fp32_epochs} epoch(s) at max_length 16; Fisher from "
+    steps = f" (at most {args.fp32_max_steps} steps of 32)" if args.fp32_max_steps else ""
+    lines = [f"## Sensitivity-aware compression (MiniLM-L6 / {task.name})", "",
+             f"`benchmarks/sensitivity.py --task {task.name}`: {__doc__.split(chr(10))[0]} {machine_line()}. Seeds "
+             f"{sorted(fp32)}; FP32 {args.fp32_epochs} epoch(s){steps} at max_length {args.max_length}; accuracy on "
+             f"the {task.eval_split} split ({len(task.splits[task.eval_split])} examples); Fisher from "
              f"{args.fisher_batches}x32 training examples; HAWQ traces {args.trace_probes} probes; centroid "
              f"fine-tuning {args.ft_steps} steps. Scheme `optimal`; every embedding and fully connected layer but "
              "the head. Bits/weight: codes + codebooks + outliers of the compressed layers.", "",
-             f"FP32 dev accuracy: {_spread([f['accuracy'] for f in fp32.values()])}", "",
+             f"FP32 {task.eval_split} accuracy: {_spread([f['accuracy'] for f in fp32.values()])}", "",
              "| cell | budget | bits/weight | quantized acc % | + centroid FT acc % | Fisher-weighted error |",
              "|---|---|---|---|---|---|"]
     for cell in CELLS:
@@ -225,7 +245,7 @@ def _report(results: list[dict], fp32: dict[int, dict], args) -> str:
                      f"{_spread([r['before'] for r in rows])} | {_spread([r['after'] for r in rows])} | "
                      f"{statistics.mean(r['fisher_weighted_error'] for r in rows):.3g} |")
     lines += ["", *_goals(results, fp32)]
-    links = _plot(results, BENCHMARKS_MD.parent / "reports" / "sensitivity-plots")
+    links = _plot(results, task, BENCHMARKS_MD.parent / "reports" / "sensitivity-plots")
     if links:
         lines += ["", "Bits chosen per layer (mixed+fisher, seed 0): " + ", ".join(links) + "."]
     return "\n".join(lines)
@@ -233,23 +253,28 @@ def _report(results: list[dict], fp32: dict[int, dict], args) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--task", default="vader", help="a text classification task: vader, sentences/movies, ...")
+    parser.add_argument("--max-length", type=int, default=None, help="tokens per example (16 for vader, else 48)")
+    parser.add_argument("--eval-split", default=None, help="split to score on (the task's dev split by default)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--work", default="/tmp/fewbits-sensitivity")
+    parser.add_argument("--work", default=None, help="cache of FP32 models and results (/tmp/fewbits-sensitivity...)")
     parser.add_argument("--fp32-epochs", type=int, default=1)
     parser.add_argument("--fp32-max-steps", type=int, default=None)
     parser.add_argument("--cells", type=int, default=len(CELLS), help="run only the first N cells")
     parser.add_argument("--fisher-batches", type=int, default=4)
     parser.add_argument("--trace-probes", type=int, default=8)
-    parser.add_argument("--ft-steps", type=int, default=30)
+    parser.add_argument("--ft-steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    work = Path(args.work)
+    args.max_length = args.max_length or (16 if args.task == "vader" else 48)
+    suffix = "" if args.task == "vader" else "-" + _slug(args.task)
+    work = Path(args.work or f"/tmp/fewbits-sensitivity{suffix}")
     work.mkdir(parents=True, exist_ok=True)
     results_path = work / "results.jsonl"
     results = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.is_file() else []
-    task = load_task("vader")
+    task = _scored_on(load_task(args.task), args.eval_split)
     if not args.report_only:
         state = {}
         for seed in args.seeds:
@@ -269,8 +294,8 @@ def main() -> None:
                 print(json.dumps({k: v for k, v in record.items() if k != "bits"}), flush=True)
     fp32 = {s: json.loads((work / f"fp32-{s}" / "fp32.json").read_text()) for s in args.seeds
             if (work / f"fp32-{s}" / "fp32.json").is_file()}
-    section = _report(results, fp32, args)
-    write_section("sensitivity", section)
+    section = _report(results, fp32, task, args)
+    write_section("sensitivity" + suffix, section)
     print(section)
 
 
