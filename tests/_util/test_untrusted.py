@@ -30,6 +30,21 @@ def test_a_regular_file_is_read_whole(tmp_path):
     assert read_member(tmp_path, "f", max_bytes=1000) == b"x" * 1000
 
 
+def test_a_file_is_read_into_one_writable_buffer_across_chunks(tmp_path, monkeypatch):
+    content = bytes(range(256)) * 41
+    (tmp_path / "f").write_bytes(content)
+    calls = []
+    real_readv = os.readv
+
+    def small_reads(fd, buffers):  # at most 1000 bytes a call: the loop fills the one buffer in pieces
+        calls.append(len(buffers[0]))
+        return real_readv(fd, [buffers[0][:1000]])
+
+    monkeypatch.setattr(os, "readv", small_reads)
+    data = read_member(tmp_path, "f", size=len(content))
+    assert isinstance(data, bytearray) and data == content and len(calls) == 11
+
+
 def test_links_are_refused_wherever_they_point(tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()

@@ -50,6 +50,8 @@ def test_onnx_export_runs_in_onnxruntime_with_int8_weights(artifact: Path, tmp_p
     weights = {id(cb): cb.codes.numel() for _, cb in codebook_modules(model).values()}
     int8 = {i.name: math.prod(i.dims) for i in graph.initializer if i.data_type == onnx.TensorProto.INT8}
     assert sum(n for name, n in int8.items() if not name.endswith("_zero_point")) == sum(weights.values())
+    zero_points = {node.input[3] for node in graph.node if node.op_type == "MatMulInteger"}
+    assert [list(i.dims) for i in graph.initializer if i.name in zero_points] == [[]]  # one scalar, shared
     floats = sum(math.prod(i.dims) for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT)
     assert floats < sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())  # no FP32 copy
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])

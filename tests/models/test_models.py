@@ -171,3 +171,17 @@ def test_minilm_loads_offline_with_a_new_head():
     assert model.config.hidden_size == 384 and model.config.num_hidden_layers == 6
     with pytest.raises(FewbitsValueError, match="no trained 2-label classification head"):
         load_model("minilm", num_labels=2, new_head=False)
+
+
+def test_meta_init_skipped_leaves_real_tensors_initialised_and_restores() -> None:
+    from transformers import initialization
+
+    from fewbits.models.hf import meta_init_skipped
+
+    before = dict(initialization.TORCH_INIT_FUNCTIONS)
+    real, meta = torch.zeros(50), torch.empty(50, device="meta")
+    with meta_init_skipped():
+        assert initialization.normal_(meta) is meta
+        initialization.normal_(real)
+    assert real.std() > 0.5  # initialised as before
+    assert initialization.TORCH_INIT_FUNCTIONS == before

@@ -236,3 +236,33 @@ def test_install_falls_back_to_a_codebook_for_other_layers() -> None:
     assert isinstance(fresh[0].parametrizations.weight[0], Codebook)
     with torch.no_grad():
         assert torch.equal(fresh(x), expected)
+
+
+def test_load_holds_the_tensors_file_once(tmp_path) -> None:
+    from fewbits.models.hf import tiny_bert
+
+    torch.manual_seed(0)
+    model, _ = tiny_bert(2)
+    fewbits.compress(model.eval(), "kmeans", 3)
+    folder = fewbits.save(model, tmp_path / "a")
+    loaded = fewbits.load(folder)
+    data = {name: t for name, t in [*loaded.named_parameters(), *loaded.named_buffers()] if t.numel()}
+    file_bytes = (folder / "fewbits.safetensors").stat().st_size
+    assert tensor_bytes(loaded) <= file_bytes  # views of the one buffer the file was read into, no copies
+    stored = [t for name, t in data.items() if "packed_weight" in name or "LayerNorm" in name]
+    lowest = min(t.data_ptr() for t in stored)
+    assert max(t.data_ptr() for t in stored) - lowest < file_bytes
+    ids = torch.randint(5, 90, (2, 7), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_load_kernels_leaves_nothing_for_the_first_forward_to_load() -> None:
+    from fewbits.runtime import kernels, load_kernels
+
+    load_kernels()
+    signatures = {f: list(f.signatures) for f in (kernels.decode_span, kernels.decode_rows_at)}
+    for bits in (1, 3, 8):
+        with torch.no_grad():
+            to_runtime(_compressed(bits, "channel"))(_inputs())
+    assert {f: list(f.signatures) for f in signatures} == signatures

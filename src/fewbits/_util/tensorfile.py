@@ -88,3 +88,22 @@ def parse_header(data: bytes, path: Path) -> tuple[dict[str, TensorEntry], int]:
     if cursor != len(data) - 8 - n:
         raise _fail(path, f"truncated or padded: the header covers {cursor} data bytes, the file holds {len(data) - 8 - n}")
     return entries, 8 + n
+
+
+def tensor_views(data: bytearray, entries: dict[str, TensorEntry], header_bytes: int) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file already read and parsed (:func:`parse_header`), as views of ``data``.
+
+    No tensor is copied: they share (and keep alive) the one buffer the file was read into. A tensor whose
+    bytes do not start on a multiple of its item size (never in files safetensors writes) is copied aligned.
+    """
+    out = {}
+    for name, entry in entries.items():
+        start = header_bytes + entry.start
+        if entry.nbytes == 0:
+            out[name] = torch.empty(entry.shape, dtype=entry.dtype)
+            continue
+        flat = torch.frombuffer(data, dtype=torch.uint8, count=entry.nbytes, offset=start)
+        if start % entry.dtype.itemsize:
+            flat = flat.clone()
+        out[name] = flat.view(entry.dtype).view(entry.shape)
+    return out

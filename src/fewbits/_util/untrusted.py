@@ -67,9 +67,10 @@ def check_member(directory: Path, name: str, *, size: int | None = None, max_byt
 
 
 def read_member(directory: Path, name: str, *, size: int | None = None, max_bytes: int | None = None,
-                fix: str = "save it again") -> bytes:
+                fix: str = "save it again") -> bytearray:
     """The bytes of the regular file ``directory/name`` (see :func:`check_member`), opened without following a
-    link or blocking on a FIFO, checked to be the file looked at, read exactly."""
+    link or blocking on a FIFO, checked to be the file looked at, read exactly into one writable buffer (tensors
+    may be views of it: no second copy)."""
     path = directory / name
     seen = check_member(directory, name, size=size, max_bytes=max_bytes, fix=fix)
     try:
@@ -93,18 +94,19 @@ def _check_size(path: Path, actual: int, size: int | None, max_bytes: int | None
         raise _fail(path, f"{actual} bytes, more than the {max_bytes} such a file may hold", fix)
 
 
-def _read_exactly(fd: int, path: Path, n: int, fix: str) -> bytes:
-    """Read ``n`` bytes and check the file ends there (it was not cut or grown while read)."""
-    chunks, left = [], n
-    while left:
-        chunk = os.read(fd, min(left, 1 << 24))
-        if not chunk:
-            raise _fail(path, f"ended after {n - left} of {n} bytes while being read", fix)
-        chunks.append(chunk)
-        left -= len(chunk)
+def _read_exactly(fd: int, path: Path, n: int, fix: str) -> bytearray:
+    """Read ``n`` bytes into one buffer and check the file ends there (it was not cut or grown while read)."""
+    data = bytearray(n)
+    view, done = memoryview(data), 0
+    while done < n:
+        got = os.readv(fd, [view[done:done + (1 << 24)]])
+        if not got:
+            raise _fail(path, f"ended after {done} of {n} bytes while being read", fix)
+        done += got
+    view.release()
     if os.read(fd, 1):
         raise _fail(path, f"grew beyond {n} bytes while being read", fix)
-    return b"".join(chunks)
+    return data
 
 
 def _depth(value: Any) -> int:

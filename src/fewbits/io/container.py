@@ -20,15 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 from torch.nn.utils import parametrize
 
 from fewbits._util.fs import atomic_directory, sha256_hex
 from fewbits._util.untrusted import check_member, parse_json, read_member
-from fewbits._util.tensorfile import TensorEntry, parse_header
+from fewbits._util.tensorfile import TensorEntry, parse_header, tensor_views
 from fewbits.errors import ArtifactError, FewbitsTypeError, FewbitsValueError, bad_param
 from fewbits.io import v1
 from fewbits.io.format import (CONFIG_FILE, FORMAT, FORMAT_VERSION, MANIFEST_FILE, TENSORS_FILE, check_manifest,
@@ -49,7 +47,7 @@ class Artifact:
     method: str
     base: dict[str, Any]
     data: dict[str, Any]
-    files: dict[str, bytes]
+    files: dict[str, bytearray]
     tokenizer_files: list[str]
     tensors_file: str
     entries: dict[str, TensorEntry]
@@ -61,11 +59,9 @@ class Artifact:
         """The view a method checks and reads: its section, the parsed header and the tensors on demand."""
         path = self.directory / self.tensors_file
 
-        def load_tensors() -> dict[str, torch.Tensor]:
-            try:
-                return st_load(self.files[self.tensors_file])
-            except SafetensorError as exc:
-                raise ArtifactError(f"{path}: unreadable ({exc}).") from exc
+        def load_tensors() -> dict[str, torch.Tensor]:  # the header was checked when read: views of the bytes read
+            views = tensor_views(self.files[self.tensors_file], self.entries, self.header_bytes)
+            return {k: v.clone() for k, v in views.items()} if trainable else views
 
         note = f"from {self.directory / CONFIG_FILE}" if self.base.get("kind") == "transformers" else ""
         return Stored(path, self.data, self.entries, load_tensors, note, trainable)
@@ -146,7 +142,7 @@ def save(model: nn.Module, directory: str | os.PathLike, *, method: str | None =
     return target
 
 
-def _read_files(directory: Path, files: dict[str, dict[str, Any]]) -> dict[str, bytes]:
+def _read_files(directory: Path, files: dict[str, dict[str, Any]]) -> dict[str, bytearray]:
     """Every listed file: first each one's kind and size (a regular file of the recorded size; links, FIFOs and
     devices refused unopened), then each is read once and its checksum checked (None: not recorded, version 1:
     then bounded by :data:`MAX_UNRECORDED_BYTES`)."""

@@ -23,7 +23,7 @@ from fewbits._util.fs import atomic_write
 from fewbits.errors import FewbitsTypeError, FewbitsValueError, bad_param
 from fewbits.nn.forward import forward_batch, logits_of
 from fewbits.models.cnn1d import CNN1d
-from fewbits.models.hf import MINILM_ALIASES, load_hf, minilm_path, quiet_transformers, tiny_bert
+from fewbits.models.hf import MINILM_ALIASES, load_hf, meta_init_skipped, minilm_path, quiet_transformers, tiny_bert
 from fewbits.models.resnet import ResNet18
 from fewbits.models.resnet_small import ResNet8
 
@@ -214,5 +214,5 @@ def rebuild(recipe: Mapping[str, Any], config: Callable[[], dict[str, Any]], *, 
         if not isinstance(cls, type) or not issubclass(cls, transformers.PreTrainedModel):
             raise FewbitsValueError(f"{recipe['class']!r} is not a transformers model class of transformers "
                                     f"{transformers.__version__}.")
-        with quiet_transformers():
+        with quiet_transformers(), meta_init_skipped():
             return cls(cls.config_class.from_dict(config()))
