@@ -14,7 +14,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fewbits.quantize import optimal
+from fewbits.quantize import histogram_bins, optimal
+from fewbits.quantize.cluster import _histogram_atoms, _prepare
 
 
 def rational_optimum(x, k, w=None):
@@ -156,3 +157,37 @@ def test_histogram_mode_is_within_1e_4_of_exact_on_outlier_tensors(kind, bits):
     e_hist = float_error(x, optimal(t, bits, mode="histogram").codes)
     assert e_exact <= e_hist * (1 + 1e-12)
     assert e_hist <= e_exact * (1 + 1e-4)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_exact_mode_equals_the_rational_program_where_most_layers_use_knuths_bounds(seed):
+    """60 values at 4 bits: layer 1 runs by divide and conquer, layers 2-14 by Knuth's bounds, and
+    the outliers on both sides send rows of both kinds to double-double (they resume after it)."""
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([rng.integers(-20, 20, 50).astype(np.float64) / 7,
+                        [1e12, 1e12 + 2**16, -3e11, -3e11 - 2**15, 5e6, 5e6 + 1, 1e9, -1e9, 2e3, -7e4]])
+    rng.shuffle(x)
+    w = rng.choice([0.5, 1.0, 4.0], size=x.size) if seed % 2 else None
+    qt = optimal(torch.from_numpy(x), 4, mode="exact", sample_weight=None if w is None else torch.from_numpy(w))
+    assert partition_error(x, qt.codes, w) == rational_optimum(x, 16, w)
+
+
+def test_histogram_atoms_keep_every_value_with_tails_beyond_their_cap():
+    """A bulk with more values far out than exact tail atoms may hold (``n_bins // 16`` per side): the rest join the edge bins, and no weight is lost either way; a group without
+    values far out takes the pass without the tail tests and also keeps every value."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 200_000))  # the bulk is found on every third value
+    x[0, 1:4500:3] = 1e6 + rng.standard_normal(1500)  # 1500 values far above, none of them sampled
+    x[0, 2:4500:3] = -1e5 - rng.standard_normal(1500)
+    data = _prepare(torch.from_numpy(x), 2, 2, None, None, "optimal")
+    cap = histogram_bins(2, 2) // 16
+    ptr, v, c, s, _ = _histogram_atoms(data, 2, histogram_bins(2, 2))
+    far = np.abs(v[:ptr[1]] + data.center[0]) > 1e4
+    assert 2 * cap <= far.sum() <= 2 * cap + 2  # the cap's worth of exact atoms, the rest in the edge bins
+    for g in range(2):
+        part = slice(ptr[g], ptr[g + 1])
+        assert c[part].sum() == 200_000
+        assert np.isclose(s[part].sum(), (x[g] - data.center[g]).sum(), rtol=1e-9, atol=1e-6)
+    assert data.center[0] < 10  # zoomed onto the bulk
+    assert data.center[1] == (x[1].min() + x[1].max()) / 2  # the full range
+    assert np.all(np.diff(v[ptr[1]:ptr[2]]) > 0)

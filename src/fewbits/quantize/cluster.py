@@ -134,9 +134,12 @@ def _histogram_atoms(data: _Groups, bits: int, n_bins: int) -> tuple[np.ndarray,
     """Each group's non-empty bins of an adaptive histogram of about ``n_bins`` bins, as atoms.
 
     The sums of squares stay zero: the dynamic program does not need them (they are additive).
+    At most ``n_bins // 16`` values per side beyond the bulk are kept as exact atoms (a quarter of
+    them by the sample that finds the bulk): with ``n_bins // 4`` MiniLM-L6's weights held 1.5x
+    ``n_bins`` atoms and the program took 7x the time of the pre-outlier code at 8 bits.
     """
     n_coarse = coarse_bins(bits)
-    tail_cap = n_bins // 4
+    tail_cap = n_bins // 16
     size = data.n_groups * min(n_coarse + 2 * n_bins + 2 * tail_cap, data.x.shape[1])
     ptr = np.empty(data.n_groups + 1, np.int64)
     v, c, s = (np.empty(size) for _ in range(3))
