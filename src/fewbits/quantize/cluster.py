@@ -31,7 +31,7 @@ def histogram_bins(bits: int, n_groups: int = 1) -> int:
     128 groups 16,384 at 1 bit down to 4,096 at 3-4 bits. Measured gap to the exact optimum, bins
     placed as :func:`fewbits.quantize._kernels.histogram_atoms` places them (every MiniLM-L6
     weight at 1-4 bits, every distinct shape at 5-8, and two Laplace tensors): per tensor at most
-    3.3e-7 at 1-3 bits, 1e-6 at 4, 3.2e-6 at 5 and 1.5e-5 at 6-8; with 128 groups at most 1.5e-6
+    4.2e-7 at 1-3 bits, 1.4e-6 at 4, 3.7e-6 at 5 and 1.3e-5 at 6-8; with 128 groups at most 1.5e-6
     at 1-4 bits.
     """
     budget = 1 << max(22 - bits - (n_groups - 1).bit_length(), 0)
