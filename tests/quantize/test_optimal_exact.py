@@ -14,7 +14,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fewbits.quantize import optimal
+from fewbits.quantize import histogram_bins, optimal
+from fewbits.quantize.cluster import _histogram_atoms, _prepare
 
 
 def rational_optimum(x, k, w=None):
@@ -154,5 +155,53 @@ def test_histogram_mode_is_within_1e_4_of_exact_on_outlier_tensors(kind, bits):
     t = torch.from_numpy(x)
     e_exact = float_error(x, optimal(t, bits, mode="exact").codes)
     e_hist = float_error(x, optimal(t, bits, mode="histogram").codes)
+    assert e_exact <= e_hist * (1 + 1e-12)
+    assert e_hist <= e_exact * (1 + 1e-4)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_exact_mode_equals_the_rational_program_where_most_layers_use_knuths_bounds(seed):
+    """60 values at 4 bits: layer 1 runs by divide and conquer, layers 2-14 by Knuth's bounds, and
+    the outliers on both sides send rows of both kinds to double-double (they resume after it)."""
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([rng.integers(-20, 20, 50).astype(np.float64) / 7,
+                        [1e12, 1e12 + 2**16, -3e11, -3e11 - 2**15, 5e6, 5e6 + 1, 1e9, -1e9, 2e3, -7e4]])
+    rng.shuffle(x)
+    w = rng.choice([0.5, 1.0, 4.0], size=x.size) if seed % 2 else None
+    qt = optimal(torch.from_numpy(x), 4, mode="exact", sample_weight=None if w is None else torch.from_numpy(w))
+    assert partition_error(x, qt.codes, w) == rational_optimum(x, 16, w)
+
+
+def test_more_values_beyond_the_bulk_than_tail_atoms_bin_the_group_over_its_full_range():
+    """A bulk with more values far out than exact tail atoms may hold (``n_bins // 16`` per side),
+    all missed by the sample that finds the bulk: the group is binned over its full range (the
+    atoms stay sorted, every value kept); a group without values far out takes the pass without
+    the tail tests."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 200_000))  # the bulk is found on every 7th value
+    x[0, 1:10500:7] = 1e6 + rng.standard_normal(1500)  # 1500 values far above, none of them sampled
+    x[0, 2:10500:7] = -1e5 - rng.standard_normal(1500)
+    data = _prepare(torch.from_numpy(x), 2, 2, None, None, "optimal")
+    assert histogram_bins(2, 2) // 16 < 1500
+    ptr, v, c, s, _ = _histogram_atoms(data, 2, histogram_bins(2, 2))
+    for g in range(2):
+        part = slice(ptr[g], ptr[g + 1])
+        assert c[part].sum() == 200_000
+        assert np.isclose(s[part].sum(), (x[g] - data.center[g]).sum(), rtol=1e-9, atol=1e-6)
+        assert np.all(np.diff(v[part]) > 0)
+        assert data.center[g] == (x[g].min() + x[g].max()) / 2  # the full range
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_histogram_mode_finds_an_outlier_column(bits):
+    """An outlier dimension: one column of a 2048x384 matrix far out. A sample taking every 12th
+    value (a factor of the row length) never saw it, and its 2048 values overflowed the tail atoms
+    into an edge bin: 65% above the optimum at 3 bits."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2048, 384)).astype(np.float32)
+    x[:, 5] = 50 + rng.standard_normal(2048)
+    t = torch.from_numpy(x)
+    e_exact = float_error(x, optimal(t, bits, mode="exact").codes)
+    e_hist = float_error(x, optimal(t, bits).codes)
     assert e_exact <= e_hist * (1 + 1e-12)
     assert e_hist <= e_exact * (1 + 1e-4)

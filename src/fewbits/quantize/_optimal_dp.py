@@ -66,15 +66,23 @@ def _weighted_rank(c, a, n, frac, total):
     return t
 
 
+@njit(inline="always", **_NB)
+def _round_row(pre, fast, t):
+    """``fast[:, t]``: row ``t`` of the double-double sums rounded to doubles."""
+    fast[0, t] = pre[t, 0] + pre[t, 1]
+    fast[1, t] = pre[t, 2] + pre[t, 3]
+    fast[2, t] = pre[t, 4] + pre[t, 5]
+
+
 @njit(**_NB)
-def _anchored_sums(v, c, a, n, pre):
+def _anchored_sums(v, c, a, n, pre, fast):
     """Double-double prefix sums of weight, ``w*e`` and ``w*e**2`` with ``e`` the distance to the
     weighted median (the pivot), anchored at the first atom ``p`` of the bulk (the lowest value
     within 64 interquartile ranges of the lower quartile): ``pre[i] - pre[m]`` are the sums over
     atoms ``[m, i)``, and a row only adds the atoms between ``p`` and it, so outliers below the
     bulk never enter the sums of the bulk, and those above it only the rows past them. Without
     outliers ``p = 0``: plain prefix sums from the lowest value. Row layout:
-    ``(C, c_lo, S, s_lo, Q, q_lo)``."""
+    ``(C, c_lo, S, s_lo, Q, q_lo)``; ``fast[:, t]`` gets ``C, S, Q`` rounded to doubles."""
     total = 0.0
     for t in range(n):
         total += c[a + t]
@@ -85,6 +93,7 @@ def _anchored_sums(v, c, a, n, pre):
     while p < n - 1 and v[a + p] < low - 64.0 * spread:
         p += 1
     pre[p, :] = 0.0
+    fast[:, p] = 0.0
     for t in range(p, n):  # rows above p: add atom t
         e = v[a + t] - pivot
         w = c[a + t]
@@ -93,6 +102,7 @@ def _anchored_sums(v, c, a, n, pre):
         pre[t + 1, 0], pre[t + 1, 1] = _dd_add(pre[t, 0], pre[t, 1], w, 0.0)
         pre[t + 1, 2], pre[t + 1, 3] = _dd_add(pre[t, 2], pre[t, 3], sh, sl)
         pre[t + 1, 4], pre[t + 1, 5] = _dd_add(pre[t, 4], pre[t, 5], qh, ql)
+        _round_row(pre, fast, t + 1)
     for t in range(p - 1, -1, -1):  # rows below p: subtract atom t
         e = v[a + t] - pivot
         w = c[a + t]
@@ -101,6 +111,7 @@ def _anchored_sums(v, c, a, n, pre):
         pre[t, 0], pre[t, 1] = _dd_add(pre[t + 1, 0], pre[t + 1, 1], -w, 0.0)
         pre[t, 2], pre[t, 3] = _dd_add(pre[t + 1, 2], pre[t + 1, 3], -sh, -sl)
         pre[t, 4], pre[t, 5] = _dd_add(pre[t + 1, 4], pre[t + 1, 5], -qh, -ql)
+        _round_row(pre, fast, t)
 
 
 #: A row of the program is trusted in plain doubles when the rounding bound of its candidates
@@ -145,51 +156,57 @@ def _sse_dd(pre, v, c, a, m, i):
     return max(rh + rl, 0.0)
 
 
-@njit(**_NB)
-def _shifted_candidate(shifted, fast, m, ci, si):
-    """``shifted[m] - S**2 / C`` of atoms ``[m, i)`` from the plain sums (``ci, si``: row ``i``)."""
-    dc = ci - fast[0, m]
-    ds = si - fast[1, m]
-    return shifted[m] - (ds * ds / dc if dc > 0.0 else 0.0)
-
-
 @njit(inline="always", **_NB)  # a call per row passing four arrays cost 1.4x the whole program
-def _row_min(shifted, total, pre, fast, v, c, a, trust, i, lo, hi):
-    """Leftmost ``m`` in ``[lo, hi]`` minimising ``total[m] + cost(m, i)``: ``(shifted, total, m)``
-    of that minimum.
+def _row_fast(shifted, fast, i, lo, hi):
+    """Leftmost ``m`` in ``[lo, hi]`` minimising ``shifted[m] - S**2 / C`` of atoms ``[m, i)`` in plain
+    doubles: ``(value, m)``.
 
-    ``total[m]`` is the least error of atoms ``[0, m)`` in the layer's clusters, ``shifted[m]`` the
-    same minus ``Q[m]`` (``fast`` holds ``C, S, Q`` rounded to doubles), so that a candidate is
-    ``shifted[m] - S**2 / C + Q[i]`` and the scan needs the last term only once. If the row's
-    rounding bound is above ``trust`` of its minimum, the runner-up decides: a gap above twice
-    the bound keeps the argmin and recomputes only its value in double-double, else every
-    candidate is recomputed so from ``total``.
+    ``shifted[m]`` is the least error of atoms ``[0, m)`` in the layer's clusters minus ``Q[m]``
+    (``fast`` holds ``C, S, Q`` rounded to doubles), so a candidate's error is the value plus
+    ``Q[i]``, and the scan needs that term only once.
     """
     ci = fast[0, i]
     si = fast[1, i]
     best = np.inf
     best_m = lo
     for m in range(lo, hi + 1):
-        val = _shifted_candidate(shifted, fast, m, ci, si)
+        dc = ci - fast[0, m]
+        ds = si - fast[1, m]
+        val = shifted[m] - (ds * ds / dc if dc > 0.0 else 0.0)
         if val < best:
             best = val
             best_m = m
-    qi = fast[2, i]
-    bound = 4e-15 * (abs(qi) + max(abs(fast[2, lo]), abs(fast[2, hi])) + abs(shifted[best_m]))
-    if bound > trust * (best + qi):
-        return _row_min_careful(shifted, total, pre, fast, v, c, a, trust, i, lo, hi, best, best_m, bound)
-    return best, best + qi, best_m
+    return best, best_m
+
+
+@njit(inline="always", **_NB)
+def _rounding_bound(shifted, fast, i, lo, hi, best_m):
+    """Bound on the rounding of a row's candidates: about 4 eps times the sums of squares about the
+    pivot that enter them (``|Q|`` grows away from the anchor, so its largest is at ``lo`` or ``hi``)."""
+    return 4e-15 * (abs(fast[2, i]) + max(abs(fast[2, lo]), abs(fast[2, hi])) + abs(shifted[best_m]))
+
+
+@njit(inline="always", **_NB)
+def _needs_care(shifted, fast, trust, i, lo, hi, best, best_m):
+    """Whether a row's rounding bound is above ``trust`` of its least error (plain doubles may not do)."""
+    return _rounding_bound(shifted, fast, i, lo, hi, best_m) > trust * (best + fast[2, i])
 
 
 @njit(**_NB)
-def _row_min_careful(shifted, total, pre, fast, v, c, a, trust, i, lo, hi, best, best_m, bound):
-    """:func:`_row_min` for a row whose rounding bound is above ``trust`` of its minimum."""
+def _row_careful(shifted, total, pre, fast, v, c, a, trust, i, lo, hi, best, best_m):
+    """A row whose rounding bound is above ``trust`` of its minimum: ``(shifted, total, m)`` of its least
+    error. The runner-up decides: a gap above twice the bound keeps the argmin and recomputes only its
+    value in double-double, else every candidate is recomputed so from ``total`` (the layer's least
+    errors, not shifted)."""
+    qi = fast[2, i]
+    bound = _rounding_bound(shifted, fast, i, lo, hi, best_m)
     ci = fast[0, i]
     si = fast[1, i]
-    qi = fast[2, i]
     second = np.inf
     for m in range(lo, hi + 1):
-        val = _shifted_candidate(shifted, fast, m, ci, si)
+        dc = ci - fast[0, m]
+        ds = si - fast[1, m]
+        val = shifted[m] - (ds * ds / dc if dc > 0.0 else 0.0)
         if m != best_m and val < second:
             second = val
     if second - best > 2.0 * (bound + trust * (best + qi)):  # a certain argmin: only its value in double-double
@@ -205,64 +222,133 @@ def _row_min_careful(shifted, total, pre, fast, v, c, a, trust, i, lo, hi, best,
 
 
 @njit(**_NB)
+def _row_min(shifted, total, pre, fast, v, c, a, trust, i, lo, hi):
+    """One row, checked: ``(shifted, total, m)`` of the leftmost least error over splits ``[lo, hi]``."""
+    best, best_m = _row_fast(shifted, fast, i, lo, hi)
+    if _needs_care(shifted, fast, trust, i, lo, hi, best, best_m):
+        return _row_careful(shifted, total, pre, fast, v, c, a, trust, i, lo, hi, best, best_m)
+    return best, best + fast[2, i], best_m
+
+
+@njit(**_NB)
+def _first_rows(prev, prev_t, fast, trust, i):
+    """Rows ``i, i - 1, ..., 0`` of the first layer (one cluster, atoms ``[0, i)``) until one needs
+    care: returns ``(i, value)`` of it, or ``i = -1`` when done (a call per row cost 40 ns)."""
+    while i >= 0:
+        best, _ = _row_fast(prev, fast, i, 0, 0)
+        if _needs_care(prev, fast, trust, i, 0, 0, best, 0):
+            return i, best
+        prev[i] = best
+        prev_t[i] = best + fast[2, i]
+        i -= 1
+    return -1, 0.0
+
+
+@njit(**_NB)
+def _knuth_rows(prev, fast, trust, arg, cur, cur_t, j, i, upper):
+    """Rows ``i, i - 1, ..., 0`` of layer ``j``, each scanned between ``arg[j - 1, i]`` and the argmin
+    of the row above (Knuth's bounds), until one needs care: returns it ``(i, lo, hi, value, m)``,
+    or ``i = -1`` when the layer is done. No call in here: a call on the rare careful path made
+    the whole loop 1.5x slower, so the caller handles that row and resumes."""
+    while i >= 0:
+        lo = arg[j - 1, i]
+        hi = min(upper, i)
+        best, best_m = _row_fast(prev, fast, i, lo, hi)
+        if _needs_care(prev, fast, trust, i, lo, hi, best, best_m):
+            return i, lo, hi, best, best_m
+        cur[i] = best
+        cur_t[i] = best + fast[2, i]
+        arg[j, i] = best_m
+        upper = best_m
+        i -= 1
+    return -1, 0, 0, 0.0, 0
+
+
+@njit(inline="always", **_NB)
+def _push_halves(stack, top, mid, best_m):
+    """Push the two halves around row ``mid`` of the entry just popped (still at ``stack[top]``)."""
+    ilo, ihi, mlo, mhi = stack[top, 0], stack[top, 1], stack[top, 2], stack[top, 3]
+    if mid - 1 >= ilo:
+        stack[top, 0], stack[top, 1], stack[top, 2], stack[top, 3] = ilo, mid - 1, mlo, best_m
+        top += 1
+    if mid + 1 <= ihi:
+        stack[top, 0], stack[top, 1], stack[top, 2], stack[top, 3] = mid + 1, ihi, best_m, mhi
+        top += 1
+    return top
+
+
+@njit(**_NB)
+def _split_rows(prev, fast, trust, arg, cur, cur_t, j, stack, top):
+    """Divide and conquer over the rows of layer ``j`` (the middle row of each stacked range, its
+    argmin bounding both halves) until a row needs care: returns ``(top, mid, lo, hi, value, m)``
+    with that row's entry popped, or ``mid = -1`` when the layer is done (no call in here either)."""
+    while top > 0:
+        top -= 1
+        mid = (stack[top, 0] + stack[top, 1]) // 2
+        lo = max(stack[top, 2], arg[j - 1, mid])
+        hi = min(stack[top, 3], mid)
+        best, best_m = _row_fast(prev, fast, mid, lo, hi)
+        if _needs_care(prev, fast, trust, mid, lo, hi, best, best_m):
+            return top, mid, lo, hi, best, best_m
+        cur[mid] = best
+        cur_t[mid] = best + fast[2, mid]
+        arg[j, mid] = best_m
+        top = _push_halves(stack, top, mid, best_m)
+    return 0, -1, 0, 0, 0.0, 0
+
+
+@njit(**_NB)
+def _layer(prev, prev_t, pre, fast, v, c, a, trust, n, j, arg, cur, cur_t, stack):
+    """Layer ``j`` of the program: Knuth's bounds once clusters are small (``j**2 * 5 * log2(n) >
+    n``, about O(n + n**2 / j**2)), else divide and conquer (O(n log n)); rows that need care are
+    redone by :func:`_row_careful` between the fast runs."""
+    if j * j * 5.0 * np.log2(max(n, 2)) > n:
+        i, upper = n, n
+        while True:
+            i, lo, hi, best, best_m = _knuth_rows(prev, fast, trust, arg, cur, cur_t, j, i, upper)
+            if i < 0:
+                return
+            cur[i], cur_t[i], upper = _row_careful(prev, prev_t, pre, fast, v, c, a, trust, i, lo, hi, best, best_m)
+            arg[j, i] = upper
+            i -= 1
+    stack[0, 0], stack[0, 1], stack[0, 2], stack[0, 3] = 0, n, 0, n
+    top = 1
+    while True:
+        top, mid, lo, hi, best, best_m = _split_rows(prev, fast, trust, arg, cur, cur_t, j, stack, top)
+        if mid < 0:
+            return
+        cur[mid], cur_t[mid], best_m = _row_careful(prev, prev_t, pre, fast, v, c, a, trust, mid, lo, hi, best, best_m)
+        arg[j, mid] = best_m
+        top = _push_halves(stack, top, mid, best_m)
+
+
+@njit(**_NB)
 def _dp_bounds(pre, fast, v, c, a, trust, n, k, arg, bounds):
     """Exact optimal partition of ``n`` sorted atoms into ``k`` (possibly empty) clusters.
 
     Wang & Song's dynamic program over layers ``j`` (clusters so far) and prefixes ``i``, with
     sums anchored at the median atom (a run of outliers never enters the bulk's sums) and rows
-    whose rounding could decide the argmin redone in double-double (see :func:`_row_min`). The
-    cost is Monge, so the leftmost optimal split ``arg[j, i]`` is monotone in ``i`` and in ``j``.
-    Early layers find their row minima by divide and conquer over ``i`` (O(n log n) each); once
-    clusters are small (``j**2 * 5 * log2(n) > n``) a layer scans each ``i`` only between
-    ``arg[j - 1, i]`` and ``arg[j, i + 1]`` (Knuth's bounds, about O(n + n**2 / j**2)), which makes
-    2**8 levels on a group some 10x cheaper. The last layer needs only ``i = n`` (one O(n) scan;
-    at 1 bit that is the whole program). ``bounds`` gets ``k + 1`` atom indices: cluster ``c`` is
-    atoms ``[bounds[c], bounds[c + 1])``.
+    whose rounding could decide the argmin redone in double-double (:func:`_row_careful`). The
+    cost is Monge, so the leftmost optimal split ``arg[j, i]`` is monotone in ``i`` and in ``j``,
+    which :func:`_layer` uses (2**8 levels on a group some 10x cheaper with Knuth's bounds). The
+    last layer needs only ``i = n`` (one O(n) scan; at 1 bit that is the whole program).
+    ``bounds`` gets ``k + 1`` atom indices: cluster ``c`` is atoms ``[bounds[c], bounds[c + 1])``.
     """
     prev = np.empty(n + 1, np.float64)  # shifted (total - Q) least errors of the last layer
     prev_t = np.zeros(n + 1, np.float64)  # total least errors of the last layer
     cur = np.empty(n + 1, np.float64)
     cur_t = np.empty(n + 1, np.float64)
     prev[0] = -fast[2, 0]
-    for i in range(n, -1, -1):  # one cluster: atoms [0, i); reads only row 0
-        prev[i], prev_t[i], _ = _row_min(prev, prev_t, pre, fast, v, c, a, trust, i, 0, 0)
-        arg[0, i] = 0
+    arg[0, :n + 1] = 0
+    i = n
+    while i >= 0:  # one cluster: atoms [0, i); reads only row 0
+        i, best = _first_rows(prev, prev_t, fast, trust, i)
+        if i >= 0:
+            prev[i], prev_t[i], _ = _row_careful(prev, prev_t, pre, fast, v, c, a, trust, i, 0, 0, best, 0)
+            i -= 1
     stack = np.empty((256, 4), np.int64)
-    log_n = np.log2(max(n, 2))
     for j in range(1, k - 1):
-        if j * j * 5.0 * log_n > n:
-            upper = n
-            for i in range(n, -1, -1):
-                cur[i], cur_t[i], upper = _row_min(prev, prev_t, pre, fast, v, c, a, trust, i, arg[j - 1, i], min(upper, i))
-                arg[j, i] = upper
-        else:
-            stack[0, 0] = 0
-            stack[0, 1] = n
-            stack[0, 2] = 0
-            stack[0, 3] = n
-            top = 1
-            while top > 0:
-                top -= 1
-                ilo = stack[top, 0]
-                ihi = stack[top, 1]
-                mlo = stack[top, 2]
-                mhi = stack[top, 3]
-                mid = (ilo + ihi) // 2
-                cur[mid], cur_t[mid], best_m = _row_min(prev, prev_t, pre, fast, v, c, a, trust, mid,
-                                                        max(mlo, arg[j - 1, mid]), min(mhi, mid))
-                arg[j, mid] = best_m
-                if mid - 1 >= ilo:
-                    stack[top, 0] = ilo
-                    stack[top, 1] = mid - 1
-                    stack[top, 2] = mlo
-                    stack[top, 3] = best_m
-                    top += 1
-                if mid + 1 <= ihi:
-                    stack[top, 0] = mid + 1
-                    stack[top, 1] = ihi
-                    stack[top, 2] = best_m
-                    stack[top, 3] = mhi
-                    top += 1
+        _layer(prev, prev_t, pre, fast, v, c, a, trust, n, j, arg, cur, cur_t, stack)
         prev, cur = cur, prev
         prev_t, cur_t = cur_t, prev_t
     _, _, arg[k - 1, n] = _row_min(prev, prev_t, pre, fast, v, c, a, trust, n, arg[k - 2, n], n)  # the last layer: i = n only
@@ -315,14 +401,10 @@ def optimal_centroids(ptr, atom_v, atom_c, k, trust, out):
         if n == 0:
             out[g, :] = 0.0
             continue
-        _anchored_sums(atom_v, atom_c, a, n, pre)
+        _anchored_sums(atom_v, atom_c, a, n, pre, fast)
         if n <= k:  # every atom its own cluster: zero error
             for j in range(k + 1):
                 bounds[j] = min(j, n)
         else:
-            for t in range(n + 1):
-                fast[0, t] = pre[t, 0] + pre[t, 1]
-                fast[1, t] = pre[t, 2] + pre[t, 3]
-                fast[2, t] = pre[t, 4] + pre[t, 5]
             _dp_bounds(pre, fast, atom_v, atom_c, a, trust, n, k, arg, bounds)
         _centroids_from_bounds(atom_v, atom_c, a, bounds, k, out[g])
