@@ -59,14 +59,21 @@ def _aligned(packed, bits, book, byte, n_chunks, out, k):
 
 
 @njit(**_NB)
+def _value_table(book, bits, entries, per):
+    """Row ``p`` holds the ``per`` values whose ``bits``-bit codes are packed in ``p``, lowest bits first."""
+    mask = (1 << bits) - 1
+    table = np.empty((entries, per), np.float32)
+    for p in range(entries):
+        for t in range(per):
+            table[p, t] = book[(p >> (t * bits)) & mask]
+    return table
+
+
+@njit(**_NB)
 def _byte_table(packed, bits, book, byte, n_bytes, out, k):
     """1, 2 or 4 bits: each byte's ``8 / bits`` values copied from a 256-entry table as 64-bit words."""
     per = 8 // bits
-    mask = (1 << bits) - 1
-    table = np.empty((256, per), np.float32)
-    for b in range(256):
-        for t in range(per):
-            table[b, t] = book[(b >> (t * bits)) & mask]
+    table = _value_table(book, bits, 256, per)
     _copy_words(table.reshape(-1).view(np.int64), packed[byte:byte + n_bytes],
                 out[k:k + n_bytes * per].view(np.int64), per // 2)
 
@@ -75,12 +82,7 @@ def _byte_table(packed, bits, book, byte, n_bytes, out, k):
 def _piece_table(packed, bits, book, byte, n_triples, out, k):
     """3 or 6 bits: three bytes are two 12-bit pieces of ``12 / bits`` codes, copied from a 4096-entry table."""
     per = 12 // bits
-    mask = (1 << bits) - 1
-    table = np.empty((4096, per), np.float32)
-    for p in range(4096):
-        for t in range(per):
-            table[p, t] = book[(p >> (t * bits)) & mask]
-    words = table.reshape(-1).view(np.int64)
+    words = _value_table(book, bits, 4096, per).reshape(-1).view(np.int64)
     dst = out[k:k + n_triples * 2 * per].view(np.int64)
     if per == 2:  # 6 bits: one 64-bit word per piece
         for i in range(n_triples):
