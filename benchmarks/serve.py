@@ -325,7 +325,7 @@ def measure_one(spec: str, more: int = 0) -> dict[str, Any]:
 def onnx_specs(specs: dict[str, str]) -> dict[str, str]:
     """FP32, onnxruntime int8 and the ONNX exports: timed again on their own, so that each export runs next to
     onnxruntime int8 within a repeat (1-2 ms per sentence: in the full rotation, 20 ms variants between them
-    made the ratio swing by 0.15 from run to run)."""
+    made the ratio swing by 0.2 from run to run)."""
     return {name: spec for name, spec in specs.items() if name in ("FP32", ORT_INT8) or name.startswith("export onnx")}
 
 
