@@ -318,8 +318,9 @@ def measure_one(spec: str, more: int = 0) -> dict[str, Any]:
         before_next = _reset_peak()
         kept.append(_load_and_evaluate(spec, batches)[0])
         one_more.append(_peak_since_reset() - before_next)
-    return {"load_s": seconds, "held": held_bytes(model), "accuracy": correct / total, "growth": peak - before,
-            "library": library, "file": size, "one_more": one_more}
+    result = {"load_s": seconds, "held": held_bytes(model), "accuracy": correct / total, "growth": peak - before,
+              "library": library, "file": size}
+    return {**result, "one_more": one_more} if more else result
 
 
 def onnx_specs(specs: dict[str, str]) -> dict[str, str]:
