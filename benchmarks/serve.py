@@ -452,11 +452,11 @@ def measure_all(specs: dict[str, str], fresh: bool = False) -> dict[str, dict[st
         if name not in results:
             results[name] = _measure_in_subprocess(spec, env)
             done_file.write_text(json.dumps(results, indent=1))
-        if spec == "fp32" or spec.startswith("fewbits"):  # again with glibc's mmap threshold fixed, then N more
-            if "one_more" not in results[name]:
-                fixed = _measure_in_subprocess(spec, {**env, "MALLOC_MMAP_THRESHOLD_": str(FIXED_MMAP_THRESHOLD)},
-                                               "--more", str(MORE))
-                results[name]["growth_fixed_threshold"], results[name]["one_more"] = fixed["growth"], fixed["one_more"]
+        # again with glibc's mmap threshold fixed, then N more models
+        if (spec == "fp32" or spec.startswith("fewbits")) and "one_more" not in results[name]:
+            fixed = _measure_in_subprocess(spec, {**env, "MALLOC_MMAP_THRESHOLD_": str(FIXED_MMAP_THRESHOLD)},
+                                           "--more", str(MORE))
+            results[name]["growth_fixed_threshold"], results[name]["one_more"] = fixed["growth"], fixed["one_more"]
             done_file.write_text(json.dumps(results, indent=1))
         print(name, results[name], flush=True)
     return {name: results[name] for name in specs}
